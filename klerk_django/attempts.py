@@ -1,0 +1,254 @@
+"""Attempts: run one claimed job and record how it ended.
+
+The outcome is written in one transaction with the job's new state, guarded
+by the worker id and attempt number of the lease, so a worker whose lease
+was taken over records nothing. If the database refuses the outcome (a
+value it cannot store), a plain failure is written instead; if it cannot be
+reached at all, the lease expires and recovery returns the job to the
+queue. A job never stays running because its outcome was lost.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import DatabaseError, DataError, IntegrityError, transaction
+
+from . import arguments, database, leases
+from .jobs import get_job_function
+from .leases import ClaimedJob
+from .models import Attempt, Job, JobStatus
+
+logger = logging.getLogger(__name__)
+
+RECORD_TRIES = 5
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a running job may know about itself."""
+
+    job_id: int
+    name: str
+    attempt: int
+    max_attempts: int
+    worker_id: uuid.UUID
+
+
+_context: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(
+    "klerk_job_context", default=None
+)
+
+
+def current_job() -> JobContext | None:
+    """Return the context of the job running in this thread, if any."""
+    return _context.get()
+
+
+def run(claimed: ClaimedJob, worker_id: uuid.UUID) -> str:
+    """Run one attempt of ``claimed`` and record it; return the job's status.
+
+    Returns an empty string when the outcome could not be recorded, because
+    the lease was lost or the database stayed unreachable.
+    """
+    context = JobContext(
+        claimed.id, claimed.name, claimed.attempt, claimed.max_attempts, worker_id
+    )
+    token = _context.set(context)
+    started = time.monotonic()
+    try:
+        function = get_job_function(claimed.name)
+        args, kwargs = arguments.unpack(claimed.arguments)
+        result = function.target(*args, **kwargs)
+    except BaseException as exc:  # SystemExit from a job is its failure too
+        outcome = _Failure(exc, traceback.format_exc())
+    else:
+        outcome = None
+    finally:
+        _context.reset(token)
+    duration_ms = (time.monotonic() - started) * 1000
+
+    if outcome is None:
+        status = _record(claimed, worker_id, lambda: _succeed(claimed, worker_id, result))
+    else:
+        status = _record(claimed, worker_id, lambda: _fail(claimed, worker_id, outcome))
+    _log(claimed, worker_id, status, duration_ms, outcome)
+    return status
+
+
+@dataclass(frozen=True)
+class _Failure:
+    exc: BaseException
+    text: str
+
+    @property
+    def error(self) -> str:
+        return arguments.scrub_text(f"{type(self.exc).__name__}: {self.exc}")
+
+    @property
+    def traceback(self) -> str:
+        return arguments.scrub_text(self.text)
+
+
+def _record(claimed: ClaimedJob, worker_id: uuid.UUID, write: Any) -> str:
+    delay = 0.5
+    for attempt in range(1, RECORD_TRIES + 1):
+        try:
+            return str(write())
+        except DatabaseError as exc:
+            if _is_refused_value(exc):
+                return _fail_plainly(claimed, worker_id, exc)
+            logger.warning(
+                "outcome not recorded, retrying job_id=%s job=%s attempt=%s "
+                "worker=%s try=%s error=%s",
+                claimed.id,
+                claimed.name,
+                claimed.attempt,
+                worker_id,
+                attempt,
+                type(exc).__name__,
+            )
+            database.connection().close()
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    logger.error(
+        "outcome lost, lease recovery will requeue job_id=%s job=%s attempt=%s "
+        "worker=%s",
+        claimed.id,
+        claimed.name,
+        claimed.attempt,
+        worker_id,
+    )
+    return ""
+
+
+def _is_refused_value(exc: DatabaseError) -> bool:
+    return isinstance(exc, (DataError, IntegrityError))
+
+
+def _guarded(claimed: ClaimedJob, worker_id: uuid.UUID) -> Any:
+    return Job.objects.using(database.alias()).filter(
+        pk=claimed.id,
+        status=JobStatus.RUNNING,
+        worker_id=worker_id,
+        attempts=claimed.attempt,
+    )
+
+
+def _succeed(claimed: ClaimedJob, worker_id: uuid.UUID, result: Any) -> str:
+    db, conn = database.alias(), database.connection()
+    with transaction.atomic(using=db):
+        changed = _guarded(claimed, worker_id).update(
+            status=JobStatus.SUCCEEDED,
+            finished_at=database.now(conn),
+            lease_expires_at=None,
+            result=arguments.scrub(result),
+            last_error="",
+        )
+        if not changed:
+            return ""
+        _add_attempt(claimed, worker_id, Attempt.Outcome.SUCCEEDED, "", "")
+    return JobStatus.SUCCEEDED
+
+
+def _fail(claimed: ClaimedJob, worker_id: uuid.UUID, failure: _Failure) -> str:
+    return _write_failure(claimed, worker_id, failure.error, failure.traceback)
+
+
+def _fail_plainly(
+    claimed: ClaimedJob, worker_id: uuid.UUID, exc: DatabaseError
+) -> str:
+    error = (
+        f"The outcome of attempt {claimed.attempt} could not be stored "
+        f"({type(exc).__name__}); see the worker log."
+    )
+    logger.error(
+        "outcome refused by the database job_id=%s job=%s attempt=%s worker=%s",
+        claimed.id,
+        claimed.name,
+        claimed.attempt,
+        worker_id,
+        exc_info=True,
+    )
+    try:
+        return _write_failure(claimed, worker_id, error, "")
+    except DatabaseError:
+        logger.exception("plain failure not recorded job_id=%s", claimed.id)
+        return ""
+
+
+def _write_failure(
+    claimed: ClaimedJob, worker_id: uuid.UUID, error: str, text: str
+) -> str:
+    db, conn = database.alias(), database.connection()
+    if claimed.attempt < claimed.max_attempts:
+        delay = leases.next_delay(
+            claimed.attempt, claimed.backoff_base_seconds, claimed.backoff_max_seconds
+        )
+        status = JobStatus.READY
+        changes: dict[str, Any] = {
+            "status": status,
+            "run_after": database.later(delay, conn),
+        }
+    else:
+        status = JobStatus.FAILED
+        changes = {"status": status, "finished_at": database.now(conn)}
+
+    with transaction.atomic(using=db):
+        changed = _guarded(claimed, worker_id).update(
+            lease_expires_at=None, last_error=error, **changes
+        )
+        if not changed:
+            return ""
+        _add_attempt(claimed, worker_id, Attempt.Outcome.FAILED, error, text)
+    return status
+
+
+def _add_attempt(
+    claimed: ClaimedJob,
+    worker_id: uuid.UUID,
+    outcome: str,
+    error: str,
+    text: str,
+) -> None:
+    Attempt.objects.using(database.alias()).create(
+        job_id=claimed.id,
+        number=claimed.attempt,
+        worker_id=worker_id,
+        started_at=claimed.started_at,
+        finished_at=database.now(),
+        outcome=outcome,
+        error=error,
+        traceback=text,
+    )
+
+
+def _log(
+    claimed: ClaimedJob,
+    worker_id: uuid.UUID,
+    status: str,
+    duration_ms: float,
+    failure: _Failure | None,
+) -> None:
+    fields = (claimed.id, claimed.name, claimed.attempt, worker_id, duration_ms)
+    suffix = "job_id=%s job=%s attempt=%s worker=%s duration_ms=%.1f"
+    if status == JobStatus.SUCCEEDED:
+        logger.info("job succeeded " + suffix, *fields)
+    elif status == JobStatus.READY:
+        logger.warning(
+            "job failed, will retry " + suffix + " error=%s", *fields, failure and failure.error
+        )
+    elif status == JobStatus.FAILED:
+        logger.error(
+            "job failed for good " + suffix,
+            *fields,
+            exc_info=failure.exc if failure else None,
+        )
+    else:
+        logger.warning("job outcome not recorded, lease lost " + suffix, *fields)

@@ -1,0 +1,110 @@
+"""System checks: settings klerk_django cannot use, and unsafe setups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.checks import Error, Tags, Warning, register
+
+from .conf import DEFAULTS
+
+POSITIVE_SECONDS = (
+    "KLERK_LEASE_SECONDS",
+    "KLERK_HEARTBEAT_SECONDS",
+    "KLERK_RECOVERY_SECONDS",
+    "KLERK_POLL_SECONDS",
+)
+NON_NEGATIVE = (
+    "KLERK_BACKOFF_BASE_SECONDS",
+    "KLERK_BACKOFF_MAX_SECONDS",
+    "KLERK_SHUTDOWN_GRACE_SECONDS",
+    "KLERK_ACTION_ORPHAN_SECONDS",
+)
+POSITIVE_INTEGERS = ("KLERK_MAX_ATTEMPTS", "KLERK_WORKER_CONCURRENCY", "KLERK_ACTION_THREADS")
+
+
+def _value(name: str) -> Any:
+    return getattr(django_settings, name, DEFAULTS[name])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    errors = []
+    for name in POSITIVE_SECONDS:
+        value = _value(name)
+        if not _is_number(value) or value <= 0:
+            errors.append(_error(name, value, "a number of seconds above 0", "E001"))
+    for name in NON_NEGATIVE:
+        value = _value(name)
+        if not _is_number(value) or value < 0:
+            errors.append(_error(name, value, "a number of seconds, 0 or more", "E002"))
+    for name in POSITIVE_INTEGERS:
+        value = _value(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            errors.append(_error(name, value, "an integer of at least 1", "E003"))
+
+    errors += _check_choices()
+    errors += _check_lease()
+    return errors
+
+
+def _check_choices() -> list[Error]:
+    errors = []
+    mode = _value("KLERK_ACTIONS_MODE")
+    if mode not in ("thread", "inline"):
+        errors.append(_error("KLERK_ACTIONS_MODE", mode, "'thread' or 'inline'", "E004"))
+    jitter = _value("KLERK_BACKOFF_JITTER")
+    if not _is_number(jitter) or not 0 <= jitter <= 1:
+        errors.append(_error("KLERK_BACKOFF_JITTER", jitter, "a number from 0 to 1", "E005"))
+    limit = _value("KLERK_MAX_ARGUMENTS_BYTES")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        errors.append(
+            _error("KLERK_MAX_ARGUMENTS_BYTES", limit, "None or a positive integer", "E006")
+        )
+    alias = _value("KLERK_DATABASE")
+    if alias not in django_settings.DATABASES:
+        errors.append(
+            _error("KLERK_DATABASE", alias, "an alias from DATABASES", "E007")
+        )
+    return errors
+
+
+def _check_lease() -> list[Error]:
+    lease, heartbeat = _value("KLERK_LEASE_SECONDS"), _value("KLERK_HEARTBEAT_SECONDS")
+    if _is_number(lease) and _is_number(heartbeat) and heartbeat * 2 > lease:
+        return [
+            Error(
+                f"KLERK_HEARTBEAT_SECONDS ({heartbeat!r}) must be at most half of "
+                f"KLERK_LEASE_SECONDS ({lease!r}), or leases of healthy workers "
+                "expire between heartbeats.",
+                id="klerk_django.E008",
+            )
+        ]
+    return []
+
+
+@register(Tags.database, Tags.compatibility)
+def check_database(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    alias = _value("KLERK_DATABASE")
+    if alias == "default" or alias not in django_settings.DATABASES:
+        return []
+    return [
+        Warning(
+            f"Jobs and actions are stored in the database {alias!r}, not "
+            "'default': they are no longer committed or rolled back together "
+            "with data written to 'default'.",
+            hint="Keep KLERK_DATABASE on the alias your models write to.",
+            id="klerk_django.W001",
+        )
+    ]
+
+
+def _error(name: str, value: Any, expected: str, code: str) -> Error:
+    return Error(
+        f"{name} must be {expected}, got {value!r}.", id=f"klerk_django.{code}"
+    )

@@ -1,0 +1,282 @@
+"""Commands: registered classes that change data, and the service that runs them.
+
+``handle`` runs a command in one transaction on the jobs' database:
+
+1. take the command lock (``select_for_update`` on a lock row), so commands
+   run one at a time across processes and machines;
+2. in a savepoint, validate the declared inputs, check the command's rules,
+   then execute it; jobs and actions it asks for are stored in the same
+   transaction;
+3. on rejection or error, roll the savepoint back, so nothing the command
+   wrote, enqueued or requested survives;
+4. write a command record, and commit.
+
+Inside an outer transaction (``ATOMIC_REQUESTS`` or the caller's own
+``atomic``), ``handle`` joins it: the lock is held, and actions wait, until
+the outermost commit, and an outer rollback removes everything the command
+did, its record included.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from django import forms
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
+
+from . import database, scope
+from .exceptions import UnknownCommand
+from .models import Action, CommandLock, CommandRecord, Job
+from .registry import Registry
+
+logger = logging.getLogger(__name__)
+
+GLOBAL_LOCK = "global"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a command was rejected: a message for people, a code for code."""
+
+    message: str
+    code: str = "invalid"
+    field: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"field": self.field, "message": self.message, "code": self.code}
+
+
+@dataclass
+class CommandResult:
+    """What a command did, or the problems that stopped it."""
+
+    name: str
+    outcome: str
+    value: Any = None
+    problems: list[Problem] = field(default_factory=list)
+    jobs: list[Job] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
+    record_id: uuid.UUID | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == CommandRecord.Outcome.SUCCEEDED
+
+
+class Rejected(Exception):
+    """Raised inside a command to reject it with problems."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(problem.message for problem in self.problems))
+
+
+class NoInputs(forms.Form):
+    pass
+
+
+registry: Registry[type[Command]] = Registry("command", UnknownCommand)
+
+
+class Command:
+    """Base class of commands; subclasses are registered by their ``name``.
+
+    Declare inputs as a Django form class in ``Inputs``; override
+    ``validate`` to check rules against current data (return or yield
+    problems) and ``execute`` to change data, enqueue jobs and request
+    actions. ``execute`` must not perform side effects itself.
+    """
+
+    name: ClassVar[str] = ""
+    Inputs: ClassVar[type[forms.Form]] = NoInputs
+    abstract: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("abstract", False):
+            return
+        if not cls.__dict__.get("name"):
+            cls.name = f"{cls.__module__}.{cls.__qualname__}"
+        registry.add(cls.name, cls, cls)
+
+    def __init__(self, **inputs: Any) -> None:
+        self.raw_inputs = inputs
+        self.inputs: dict[str, Any] = {}
+        self.actor: Any = None
+
+    def validate(self) -> Iterable[Problem] | None:
+        """Return the problems that forbid this command now, if any."""
+        return None
+
+    def execute(self) -> Any:
+        """Change data; the return value becomes the result's value."""
+        raise NotImplementedError(f"{type(self).__name__} must define execute().")
+
+    def lock_key(self) -> str:
+        """Return the key of the lock row this command runs under."""
+        return GLOBAL_LOCK
+
+
+def get_command(name: str) -> type[Command]:
+    """Return the command class registered as ``name`` or raise."""
+    return registry.get(name)
+
+
+def handle(command: Command, *, actor: Any = None) -> CommandResult:
+    """Run ``command`` under the command lock and return its result.
+
+    Runs in a transaction on the jobs' database, joining the caller's if
+    there is one. A rejection or an exception in the command rolls back
+    everything it did and comes back as a result with problems; only errors
+    of the database itself propagate.
+    """
+    db = database.alias()
+    command.actor = actor
+    current = scope.CommandScope(record_id=uuid.uuid4(), name=command.name)
+    started = time.monotonic()
+
+    with transaction.atomic(using=db):
+        take_lock(db, command.lock_key())
+        result, error = _run_in_savepoint(command, current)
+        result.record_id = current.record_id
+        _record(command, actor, result, error, started, db)
+
+    _log(result, actor, started)
+    return result
+
+
+def take_lock(db: str, key: str) -> None:
+    """Lock the command lock row ``key`` until the transaction ends."""
+    conn = database.connection()
+    database.take_write_lock(conn)
+    locked = CommandLock.objects.using(db).select_for_update().filter(key=key)
+    if not locked.exists():
+        CommandLock.objects.using(db).get_or_create(key=key)
+        locked.exists()
+
+
+def _run_in_savepoint(
+    command: Command, current: scope.CommandScope
+) -> tuple[CommandResult, str]:
+    token = scope.enter(current)
+    try:
+        with transaction.atomic(using=database.alias()):
+            value = _validate_and_execute(command)
+    except Rejected as rejection:
+        return _failed(command, "rejected", rejection.problems), ""
+    except Exception as exc:
+        logger.exception("command raised command=%s", command.name)
+        problem = Problem(f"The command failed: {type(exc).__name__}.", "internal")
+        return _failed(command, "failed", [problem]), traceback.format_exc()
+    finally:
+        scope.leave(token)
+
+    result = CommandResult(
+        name=command.name,
+        outcome=CommandRecord.Outcome.SUCCEEDED,
+        value=value,
+        jobs=current.jobs,
+        actions=current.actions,
+    )
+    return result, ""
+
+
+def _validate_and_execute(command: Command) -> Any:
+    form = command.Inputs(data=command.raw_inputs)
+    problems = _input_problems(form)
+    if problems:
+        raise Rejected(problems)
+    command.inputs = form.cleaned_data
+
+    problems = list(command.validate() or ())
+    if problems:
+        raise Rejected(problems)
+
+    return command.execute()
+
+
+def _input_problems(form: forms.Form) -> list[Problem]:
+    problems = [
+        Problem(f"Unknown input {name!r}.", "unknown_input", name)
+        for name in sorted(set(form.data) - set(form.fields))
+    ]
+    if form.is_valid():
+        return problems
+    for field_name, errors in form.errors.as_data().items():
+        for error in errors:
+            for message in error.messages:
+                problems.append(
+                    Problem(
+                        message=message,
+                        code=error.code or "invalid",
+                        field=None if field_name == "__all__" else field_name,
+                    )
+                )
+    return problems
+
+
+def _failed(command: Command, outcome: str, problems: list[Problem]) -> CommandResult:
+    return CommandResult(name=command.name, outcome=outcome, problems=problems)
+
+
+def _record(
+    command: Command,
+    actor: Any,
+    result: CommandResult,
+    error: str,
+    started: float,
+    db: str,
+) -> None:
+    CommandRecord.objects.using(db).create(
+        id=result.record_id,
+        name=command.name,
+        inputs=_jsonable(command.inputs or command.raw_inputs),
+        actor=_describe(actor),
+        outcome=result.outcome,
+        problems=[problem.as_dict() for problem in result.problems],
+        result=_jsonable(result.value),
+        error=error.replace("\x00", "\\x00"),
+        duration_ms=(time.monotonic() - started) * 1000,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _describe(actor: Any) -> str:
+    if actor is None:
+        return "system"
+    if getattr(actor, "is_anonymous", False):
+        return "anonymous"
+    username = getattr(actor, "get_username", None)
+    if callable(username):
+        return f"user:{username()} (id={actor.pk})"
+    return str(actor)[:255]
+
+
+def _log(result: CommandResult, actor: Any, started: float) -> None:
+    duration_ms = (time.monotonic() - started) * 1000
+    if result.outcome == CommandRecord.Outcome.FAILED:
+        log = logger.error
+    else:
+        log = logger.info
+    log(
+        "command %s command=%s record_id=%s actor=%s duration_ms=%.1f",
+        result.outcome,
+        result.name,
+        result.record_id,
+        _describe(actor),
+        duration_ms,
+    )

@@ -1,0 +1,86 @@
+"""What the job tables need from each database: its clock and write lock.
+
+Run times are compared in one clock. On PostgreSQL, and on MySQL or MariaDB
+with ``USE_TZ = True``, that is the database server's clock, so workers on
+machines with skewed clocks agree. SQLite is embedded, so the machine's
+clock is the database's; MySQL with ``USE_TZ = False`` stores local wall
+time that the server cannot know, so Django's clock is used there too.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import DateTimeField, Func, Value
+from django.utils import timezone
+
+from .conf import settings as klerk_settings
+
+
+def alias() -> str:
+    """Return the database alias that holds the job tables."""
+    return str(klerk_settings.DATABASE)
+
+
+def connection() -> BaseDatabaseWrapper:
+    """Return the connection for the job tables in this thread."""
+    return connections[alias()]
+
+
+class DatabaseNow(Func):
+    """The database server's current time, for comparisons in SQL."""
+
+    output_field = DateTimeField()
+    template = "CURRENT_TIMESTAMP"
+
+    def as_postgresql(self, compiler: Any, conn: Any, **extra: Any) -> Any:
+        return self.as_sql(compiler, conn, template="STATEMENT_TIMESTAMP()", **extra)
+
+    def as_mysql(self, compiler: Any, conn: Any, **extra: Any) -> Any:
+        return self.as_sql(compiler, conn, template="UTC_TIMESTAMP(6)", **extra)
+
+
+def uses_database_clock(conn: BaseDatabaseWrapper) -> bool:
+    if conn.vendor == "postgresql":
+        return True
+    return conn.vendor == "mysql" and bool(settings.USE_TZ)
+
+
+def now(conn: BaseDatabaseWrapper | None = None) -> Any:
+    """Return an expression for the current time in the jobs' clock."""
+    conn = conn or connection()
+    if uses_database_clock(conn):
+        return DatabaseNow()
+    return Value(timezone.now(), output_field=DateTimeField())
+
+
+def later(seconds: float, conn: BaseDatabaseWrapper | None = None) -> Any:
+    """Return an expression for ``seconds`` from now in the jobs' clock."""
+    conn = conn or connection()
+    delta = timedelta(seconds=seconds)
+    if uses_database_clock(conn):
+        return DatabaseNow() + Value(delta)
+    return Value(timezone.now() + delta, output_field=DateTimeField())
+
+
+def python_now() -> datetime:
+    """Return Django's current time, aware or naive as USE_TZ says."""
+    return timezone.now()
+
+
+def take_write_lock(conn: BaseDatabaseWrapper) -> None:
+    """Make SQLite take its write lock now, at the start of a transaction.
+
+    SQLite starts transactions deferred: one that reads first and writes
+    later can fail at once with "database is locked" when another writer got
+    in between, whatever the busy timeout. A write as the first statement
+    waits for the lock instead. Other databases lock rows and need nothing.
+    """
+    if conn.vendor != "sqlite":
+        return
+    with conn.cursor() as cursor:
+        cursor.execute("UPDATE klerk_command_lock SET key = key WHERE 0 = 1")

@@ -1,0 +1,72 @@
+"""Exceptions of klerk_django; each carries its data as attributes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+class KlerkError(Exception):
+    """Root of klerk_django's errors; never raised itself."""
+
+
+class ArgumentError(KlerkError, TypeError):
+    """Arguments of a job or action that cannot be stored as JSON."""
+
+    def __init__(self, message: str, path: str = "", value: Any = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.value = value
+
+
+class EnqueueOptionError(KlerkError, ValueError):
+    """A scheduling option (queue, priority, run time, attempts) is invalid."""
+
+    def __init__(self, message: str, option: str, value: Any) -> None:
+        super().__init__(message)
+        self.option = option
+        self.value = value
+
+
+class UnknownJob(KlerkError, LookupError):
+    """A job name that no registered job function carries."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"No job function is registered under the name {name!r}; it may "
+            "have been renamed or removed since the job was enqueued."
+        )
+        self.name = name
+
+
+class UnknownAction(KlerkError, LookupError):
+    """An action name that no registered action function carries."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"No action is registered under the name {name!r}.")
+        self.name = name
+
+
+class UnknownCommand(KlerkError, LookupError):
+    """A command name that no registered command class carries."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"No command is registered under the name {name!r}.")
+        self.name = name
+
+
+class RegistryConflict(KlerkError, ValueError):
+    """Two different callables registered under one name."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(
+            f"A different {kind} is already registered under the name "
+            f"{name!r}; give one of them another name."
+        )
+        self.kind = kind
+        self.name = name
+
+
+class SettingsError(ImproperlyConfigured):
+    """A ``KLERK_*`` setting with a value klerk_django cannot use."""

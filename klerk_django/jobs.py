@@ -1,0 +1,305 @@
+"""Job functions: the ``@job`` decorator, enqueueing, retry and cancel.
+
+Enqueueing writes one row in the caller's transaction on the jobs'
+database: a rollback removes the job with the data that caused it, a commit
+makes it durable, and a worker can only see it once committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.db import transaction
+from django.db.models import F, Q, QuerySet
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from . import arguments, database, scope
+from .conf import settings
+from .exceptions import EnqueueOptionError, UnknownJob
+from .models import Job, JobStatus
+from .registry import Registry
+
+logger = logging.getLogger(__name__)
+
+registry: Registry[JobFunction] = Registry("job function", UnknownJob)
+
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How a job is scheduled; never part of its arguments."""
+
+    queue: str
+    priority: int
+    max_attempts: int
+    backoff_base_seconds: float
+    backoff_max_seconds: float
+    run_after: datetime | None = None
+    delay: timedelta | None = None
+
+
+class JobFunction:
+    """A registered job function; call ``enqueue`` to run it in a worker."""
+
+    def __init__(self, target: Callable[..., Any], name: str, options: JobOptions):
+        self.target = target
+        self.name = name
+        self.options = options
+        self.__doc__ = target.__doc__
+        self.__wrapped__ = target
+
+    def __repr__(self) -> str:
+        return f"<JobFunction {self.name}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the function here and now, as a worker would."""
+        return self.target(*args, **kwargs)
+
+    def using(
+        self,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        run_after: datetime | None = None,
+        delay: timedelta | float | None = None,
+        backoff_seconds: float | None = None,
+        backoff_max_seconds: float | None = None,
+    ) -> JobFunction:
+        """Return this job function with other scheduling options.
+
+        ``None`` means "keep the default"; an explicit 0 is honoured.
+        """
+        changes: dict[str, Any] = {}
+        if queue is not None:
+            changes["queue"] = queue
+        if priority is not None:
+            changes["priority"] = priority
+        if max_attempts is not None:
+            changes["max_attempts"] = max_attempts
+        if backoff_seconds is not None:
+            changes["backoff_base_seconds"] = backoff_seconds
+        if backoff_max_seconds is not None:
+            changes["backoff_max_seconds"] = backoff_max_seconds
+        if run_after is not None:
+            changes["run_after"] = run_after
+        if delay is not None:
+            changes["delay"] = _as_timedelta(delay)
+
+        options = validate_options(replace(self.options, **changes))
+        return JobFunction(self.target, self.name, options)
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> Job:
+        """Store a job in the current transaction and return it.
+
+        Runs in the caller's transaction on the jobs' database (autocommit
+        outside one). Raises ArgumentError for arguments that are not JSON.
+        """
+        packed = arguments.pack(args, kwargs)
+        job = _build(self, packed)
+
+        job.save(using=database.alias(), force_insert=True)
+
+        _remember(job)
+        logger.debug(
+            "job enqueued job_id=%s job=%s queue=%s", job.pk, job.name, job.queue
+        )
+        return job
+
+
+def job(
+    target: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    queue: str | None = None,
+    priority: int = 0,
+    max_attempts: int | None = None,
+    backoff_seconds: float | None = None,
+    backoff_max_seconds: float | None = None,
+) -> Any:
+    """Register a function as a job; use as ``@job`` or ``@job(...)``.
+
+    ``max_attempts`` counts every run, the first included: 1 means no retry.
+    """
+
+    def register(func: Callable[..., Any]) -> JobFunction:
+        options = validate_options(
+            JobOptions(
+                queue=queue if queue is not None else settings.DEFAULT_QUEUE,
+                priority=priority,
+                max_attempts=_default(max_attempts, settings.MAX_ATTEMPTS),
+                backoff_base_seconds=_default(
+                    backoff_seconds, settings.BACKOFF_BASE_SECONDS
+                ),
+                backoff_max_seconds=_default(
+                    backoff_max_seconds, settings.BACKOFF_MAX_SECONDS
+                ),
+            )
+        )
+        job_name = name or f"{func.__module__}.{func.__qualname__}"
+        job_function = JobFunction(func, job_name, options)
+        registry.add(job_name, job_function, func)
+        return job_function
+
+    if target is not None:
+        return register(target)
+    return register
+
+
+def get_job_function(name: str) -> JobFunction:
+    """Return the job function registered as ``name`` or raise UnknownJob."""
+    return registry.get(name)
+
+
+def validate_options(options: JobOptions) -> JobOptions:
+    """Return ``options`` or raise EnqueueOptionError naming the bad one."""
+    if not isinstance(options.queue, str) or not QUEUE_NAME.match(options.queue):
+        _bad("queue", options.queue, "1 to 100 letters, digits or _.:-")
+    if not _is_int(options.priority):
+        _bad("priority", options.priority, "an integer")
+    if not _is_int(options.max_attempts) or options.max_attempts < 1:
+        _bad("max_attempts", options.max_attempts, "an integer of at least 1")
+    for option in ("backoff_base_seconds", "backoff_max_seconds"):
+        value = getattr(options, option)
+        if not _is_number(value) or value < 0:
+            _bad(option, value, "a number of seconds, 0 or more")
+    _validate_start(options)
+    return options
+
+
+def _validate_start(options: JobOptions) -> None:
+    if options.run_after is not None and options.delay is not None:
+        _bad("delay", options.delay, "either run_after or delay, not both")
+    if options.delay is not None and options.delay < timedelta(0):
+        _bad("delay", options.delay, "a delay of 0 or more")
+    run_after = options.run_after
+    if run_after is None:
+        return
+    if not isinstance(run_after, datetime):
+        _bad("run_after", run_after, "a datetime")
+    if django_settings.USE_TZ and timezone.is_naive(run_after):
+        _bad("run_after", run_after, "an aware datetime, since USE_TZ is on")
+
+
+def _build(job_function: JobFunction, packed: dict[str, Any]) -> Job:
+    options = job_function.options
+    now = database.python_now()
+    run_after = options.run_after or now
+    if options.delay is not None:
+        run_after = now + options.delay
+
+    current = scope.current()
+    return Job(
+        name=job_function.name,
+        queue=options.queue,
+        priority=options.priority,
+        arguments=packed,
+        status=JobStatus.READY,
+        run_after=run_after,
+        max_attempts=options.max_attempts,
+        backoff_base_seconds=options.backoff_base_seconds,
+        backoff_max_seconds=options.backoff_max_seconds,
+        created_at=now,
+        command_id=current.record_id if current else None,
+    )
+
+
+def _remember(job: Job) -> None:
+    current = scope.current()
+    if current is not None:
+        current.jobs.append(job)
+
+
+def retry_jobs(jobs: QuerySet[Job] | Iterable[int], batch_size: int = 1000) -> int:
+    """Queue failed or cancelled jobs to run again now; return how many.
+
+    Each job gets one more attempt if it has used all of its attempts. Runs
+    in batches, each its own transaction on the jobs' database; jobs in
+    other states are left alone.
+    """
+    changes = {
+        "status": JobStatus.READY,
+        "run_after": database.now(),
+        "finished_at": None,
+        "max_attempts": Greatest(F("max_attempts"), F("attempts") + 1),
+    }
+    eligible = Q(status__in=[JobStatus.FAILED, JobStatus.CANCELLED])
+    changed = _update_in_batches(jobs, eligible, changes, batch_size)
+    if changed:
+        from . import notify
+
+        notify.wake_workers()
+    logger.info("jobs retried count=%s", changed)
+    return changed
+
+
+def cancel_jobs(jobs: QuerySet[Job] | Iterable[int], batch_size: int = 1000) -> int:
+    """Cancel jobs that have not started yet; return how many.
+
+    A running job is not interrupted: it is left alone and not counted.
+    """
+    changes = {"status": JobStatus.CANCELLED, "finished_at": database.now()}
+    eligible = Q(status=JobStatus.READY)
+    changed = _update_in_batches(jobs, eligible, changes, batch_size)
+    logger.info("jobs cancelled count=%s", changed)
+    return changed
+
+
+def _update_in_batches(
+    jobs: QuerySet[Job] | Iterable[int],
+    eligible: Q,
+    changes: dict[str, Any],
+    batch_size: int,
+) -> int:
+    db = database.alias()
+    if isinstance(jobs, QuerySet):
+        selection = jobs.using(db).filter(eligible)
+    else:
+        selection = Job.objects.using(db).filter(eligible, pk__in=list(jobs))
+
+    # Keyset pages keep memory flat and each transaction short, however
+    # many rows are selected; the update re-checks the state it expects.
+    changed, last_pk = 0, 0
+    while True:
+        page = selection.filter(pk__gt=last_pk).order_by("pk")
+        batch = list(page.values_list("pk", flat=True)[:batch_size])
+        if not batch:
+            return changed
+        last_pk = batch[-1]
+        with transaction.atomic(using=db):
+            selected = Job.objects.using(db).filter(eligible, pk__in=batch)
+            changed += selected.update(**changes)
+
+
+def _default(value: Any, fallback: Any) -> Any:
+    return fallback if value is None else value
+
+
+def _as_timedelta(value: timedelta | float) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if not _is_number(value):
+        _bad("delay", value, "a timedelta or a number of seconds")
+    return timedelta(seconds=value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _bad(option: str, value: Any, expected: str) -> None:
+    raise EnqueueOptionError(
+        f"Job option {option!r} must be {expected}, got {value!r}.", option, value
+    )

@@ -1,0 +1,268 @@
+"""The worker: claims jobs, runs them on threads, keeps their leases.
+
+One ``Worker`` is one process start with a new id, whatever name it was
+given, so a restarted worker never passes for the one that died. Threads:
+
+* the main loop claims as many jobs as it has free slots, in one query,
+  then waits for a wake-up (a notification, a finished job) or the poll
+  interval;
+* a job thread per slot runs one attempt at a time and records it;
+* a maintenance thread renews the leases of running jobs, sends the
+  worker's heartbeat, returns jobs of lost workers to the queue, and runs
+  orphaned actions;
+* on PostgreSQL, a listener thread turns notifications into wake-ups.
+
+A database error in any of them is logged, the connection is dropped and
+the step is retried with backoff; it never ends the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from django.db import DatabaseError, close_old_connections
+
+from . import actions, attempts, database, leases, notify
+from .conf import settings
+from .leases import ClaimedJob
+from .models import Worker as WorkerRecord
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    queues: tuple[str, ...] = ()
+    concurrency: int = 4
+    burst: bool = False
+    name: str = ""
+    poll_seconds: float = 1.0
+    grace_seconds: float = 30.0
+    listen: bool = True
+
+
+class Worker:
+    """One worker process; ``run`` returns when it has stopped."""
+
+    def __init__(self, options: WorkerOptions) -> None:
+        self.options = options
+        self.id = uuid.uuid4()
+        self.name = options.name or f"{socket.gethostname()}-{os.getpid()}"
+        self.stopping = threading.Event()
+        self.forced = threading.Event()
+        self.wake = threading.Event()
+        self.running: dict[int, ClaimedJob] = {}
+        self.lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(
+            max_workers=options.concurrency, thread_name_prefix="klerk-job"
+        )
+        self.jobs_done = 0
+
+    def stop(self) -> None:
+        """Stop claiming; running jobs finish within the grace period.
+
+        A second call stops waiting for running jobs: they are returned to
+        the queue as interrupted attempts.
+        """
+        if self.stopping.is_set():
+            logger.warning("worker stopping now worker=%s", self.id)
+            self.forced.set()
+        else:
+            logger.info(
+                "worker stopping worker=%s running=%s grace_s=%s",
+                self.id,
+                len(self.running),
+                self.options.grace_seconds,
+            )
+        self.stopping.set()
+        self.wake.set()
+
+    def run(self) -> int:
+        """Run until stopped (or, in burst mode, until nothing is ready)."""
+        self._register()
+        threads = [threading.Thread(target=self._maintain, name="klerk-maintenance", daemon=True)]
+        if self.options.listen and notify.enabled():
+            threads.append(notify.Listener(self.wake.set, self.options.queues, self.stopping))
+        for thread in threads:
+            thread.start()
+
+        try:
+            self._loop()
+        finally:
+            self.stopping.set()
+            self._drain()
+            self._unregister()
+        return 0
+
+    def _loop(self) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            self.wake.clear()
+            free = self.options.concurrency - len(self.running)
+            try:
+                claimed = self._claim(free)
+                failures = 0
+            except DatabaseError as exc:
+                failures += 1
+                self._back_off("claim", exc, failures)
+                continue
+
+            for job in claimed:
+                self._start(job)
+            if self.options.burst and not claimed and not self.running:
+                logger.info("worker found nothing ready, exiting worker=%s", self.id)
+                return
+            if claimed and len(claimed) == free:
+                continue
+            self.wake.wait(self.options.poll_seconds)
+
+    def _claim(self, free: int) -> list[ClaimedJob]:
+        if free < 1:
+            return []
+        database.connection().close_if_unusable_or_obsolete()
+        claimed = leases.claim(self.id, self.options.queues or None, free)
+        if claimed:
+            logger.debug("jobs claimed worker=%s count=%s", self.id, len(claimed))
+        return claimed
+
+    def _start(self, job: ClaimedJob) -> None:
+        with self.lock:
+            self.running[job.id] = job
+        self.pool.submit(self._execute, job)
+
+    def _execute(self, job: ClaimedJob) -> None:
+        try:
+            attempts.run(job, self.id)
+        except Exception:
+            logger.exception(
+                "attempt crashed job_id=%s job=%s attempt=%s worker=%s",
+                job.id,
+                job.name,
+                job.attempt,
+                self.id,
+            )
+        finally:
+            with self.lock:
+                self.running.pop(job.id, None)
+                self.jobs_done += 1
+            database.connection().close_if_unusable_or_obsolete()
+            self.wake.set()
+
+    def _back_off(self, step: str, exc: Exception, failures: int) -> None:
+        delay = min(0.5 * 2 ** min(failures - 1, 6), 30.0)
+        logger.warning(
+            "database error, retrying step=%s worker=%s error=%s delay_s=%.1f",
+            step,
+            self.id,
+            type(exc).__name__,
+            delay,
+        )
+        database.connection().close()
+        self.stopping.wait(delay)
+
+    def _maintain(self) -> None:
+        heartbeat = float(settings.HEARTBEAT_SECONDS)
+        recovery = float(settings.RECOVERY_SECONDS)
+        next_recovery = 0.0
+        failures = 0
+        while not self.stopping.wait(min(heartbeat, recovery) if failures == 0 else 0):
+            try:
+                self._heartbeat()
+                if time.monotonic() >= next_recovery:
+                    self._recover()
+                    next_recovery = time.monotonic() + recovery
+                failures = 0
+            except DatabaseError as exc:
+                failures += 1
+                self._back_off("maintenance", exc, failures)
+            finally:
+                close_old_connections()
+
+    def _heartbeat(self) -> None:
+        with self.lock:
+            held = list(self.running)
+        lost = leases.renew(self.id, held)
+        for job_id in lost:
+            logger.warning("lease lost job_id=%s worker=%s", job_id, self.id)
+        WorkerRecord.objects.using(database.alias()).filter(pk=self.id).update(
+            last_heartbeat_at=database.now()
+        )
+
+    def _recover(self) -> None:
+        recovered = leases.recover_expired()
+        if recovered:
+            self.wake.set()
+        actions.run_orphans()
+
+    def _register(self) -> None:
+        failures = 0
+        while True:
+            try:
+                WorkerRecord.objects.using(database.alias()).create(
+                    id=self.id,
+                    name=self.name[:200],
+                    hostname=socket.gethostname()[:255],
+                    pid=os.getpid(),
+                    queues=list(self.options.queues),
+                    concurrency=self.options.concurrency,
+                )
+                break
+            except DatabaseError as exc:
+                failures += 1
+                self._back_off("register", exc, failures)
+                if self.stopping.is_set():
+                    return
+        logger.info(
+            "worker started worker=%s name=%s queues=%s concurrency=%s",
+            self.id,
+            self.name,
+            ",".join(self.options.queues) or "*",
+            self.options.concurrency,
+        )
+
+    def _drain(self) -> int:
+        """Wait for running jobs; interrupt those still running at the end."""
+        deadline = time.monotonic() + self.options.grace_seconds
+        while (
+            self.running
+            and time.monotonic() < deadline
+            and not self.forced.is_set()
+        ):
+            self.wake.wait(0.1)
+            self.wake.clear()
+
+        with self.lock:
+            left = list(self.running)
+        if left:
+            try:
+                leases.interrupt(self.id, left, "the worker stopped before it ended")
+            except DatabaseError:
+                logger.exception("jobs not released worker=%s", self.id)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        return len(left)
+
+    def _unregister(self) -> None:
+        try:
+            WorkerRecord.objects.using(database.alias()).filter(pk=self.id).update(
+                stopped_at=database.now()
+            )
+        except DatabaseError:
+            logger.warning("worker stop not recorded worker=%s", self.id)
+        logger.info("worker stopped worker=%s jobs=%s", self.id, self.jobs_done)
+        actions.wait_for_actions()
+
+
+def queues_from(values: Sequence[str]) -> tuple[str, ...]:
+    """Split repeated or comma-separated queue options into names."""
+    names: list[str] = []
+    for value in values:
+        names.extend(part.strip() for part in value.split(",") if part.strip())
+    return tuple(dict.fromkeys(names))

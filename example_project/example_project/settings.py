@@ -55,7 +55,7 @@ WSGI_APPLICATION = "example_project.wsgi.application"
 
 DATABASES = {
     "default": database_url.parse(
-        os.environ.get("DATABASE_URL", "sqlite:///db.sqlite3"), BASE_DIR
+        os.environ.get("DATABASE_URL") or "sqlite:///db.sqlite3", BASE_DIR
     )
 }
 # Workers keep their connection between polls; health checks replace it

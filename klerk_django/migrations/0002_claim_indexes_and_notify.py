@@ -57,4 +57,5 @@ def drop(apps, schema_editor):
 class Migration(migrations.Migration):
     dependencies = [("klerk_django", "0001_initial")]
 
-    operations = [migrations.RunPython(create, drop)]
+    # DDL on MariaDB and MySQL cannot run inside a transaction.
+    operations = [migrations.RunPython(create, drop, atomic=False)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -113,6 +113,28 @@ class JobFunction:
             "job enqueued job_id=%s job=%s queue=%s", job.pk, job.name, job.queue
         )
         return job
+
+    def enqueue_many(
+        self,
+        calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
+        batch_size: int = 1000,
+    ) -> list[Job]:
+        """Store one job per ``(args, kwargs)`` pair and return them.
+
+        Runs in the caller's transaction like ``enqueue``, with one INSERT
+        per ``batch_size`` jobs. Every call's arguments are checked before
+        anything is written, so one bad call stores no job at all.
+        """
+        built = [
+            _build(self, arguments.pack(tuple(args), dict(kwargs)))
+            for args, kwargs in calls
+        ]
+
+        Job.objects.using(database.alias()).bulk_create(built, batch_size=batch_size)
+
+        for job in built:
+            _remember(job)
+        return built
 
 
 def job(

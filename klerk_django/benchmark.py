@@ -197,7 +197,9 @@ def _ceiling_sql(vendor: str) -> tuple[str, str]:
             f"WHERE id = ({pick} FOR UPDATE SKIP LOCKED) RETURNING id"
         )
     elif vendor == "sqlite":
-        claim = f"UPDATE klerk_job SET status = 'running' WHERE id = ({pick}) RETURNING id"
+        claim = (
+            f"UPDATE klerk_job SET status = 'running' WHERE id = ({pick}) RETURNING id"
+        )
     else:
         claim = f"{pick} FOR UPDATE SKIP LOCKED"
     return claim, finish
@@ -209,7 +211,9 @@ def _claim_one(cursor: Any, vendor: str, claim_sql: str) -> int | None:
     if row is None:
         return None
     if vendor == "mysql":
-        cursor.execute("UPDATE klerk_job SET status = 'running' WHERE id = %s", [row[0]])
+        cursor.execute(
+            "UPDATE klerk_job SET status = 'running' WHERE id = %s", [row[0]]
+        )
     return int(row[0])
 
 

@@ -21,7 +21,11 @@ NON_NEGATIVE = (
     "KLERK_SHUTDOWN_GRACE_SECONDS",
     "KLERK_ACTION_ORPHAN_SECONDS",
 )
-POSITIVE_INTEGERS = ("KLERK_MAX_ATTEMPTS", "KLERK_WORKER_CONCURRENCY", "KLERK_ACTION_THREADS")
+POSITIVE_INTEGERS = (
+    "KLERK_MAX_ATTEMPTS",
+    "KLERK_WORKER_CONCURRENCY",
+    "KLERK_ACTION_THREADS",
+)
 
 
 def _value(name: str) -> Any:
@@ -57,14 +61,20 @@ def _check_choices() -> list[Error]:
     errors = []
     mode = _value("KLERK_ACTIONS_MODE")
     if mode not in ("thread", "inline"):
-        errors.append(_error("KLERK_ACTIONS_MODE", mode, "'thread' or 'inline'", "E004"))
+        errors.append(
+            _error("KLERK_ACTIONS_MODE", mode, "'thread' or 'inline'", "E004")
+        )
     jitter = _value("KLERK_BACKOFF_JITTER")
     if not _is_number(jitter) or not 0 <= jitter <= 1:
-        errors.append(_error("KLERK_BACKOFF_JITTER", jitter, "a number from 0 to 1", "E005"))
+        errors.append(
+            _error("KLERK_BACKOFF_JITTER", jitter, "a number from 0 to 1", "E005")
+        )
     limit = _value("KLERK_MAX_ARGUMENTS_BYTES")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         errors.append(
-            _error("KLERK_MAX_ARGUMENTS_BYTES", limit, "None or a positive integer", "E006")
+            _error(
+                "KLERK_MAX_ARGUMENTS_BYTES", limit, "None or a positive integer", "E006"
+            )
         )
     alias = _value("KLERK_DATABASE")
     if alias not in django_settings.DATABASES:

@@ -121,7 +121,9 @@ class Job(models.Model):
             ("cancel_job", "Can cancel jobs"),
         ]
         indexes = [
-            models.Index(fields=["status", "created_at"], name="klerk_job_status_created"),
+            models.Index(
+                fields=["status", "created_at"], name="klerk_job_status_created"
+            ),
             models.Index(fields=["name"], name="klerk_job_name"),
         ]
 
@@ -177,7 +179,7 @@ class ActionStatus(models.TextChoices):
 
 
 class Action(models.Model):
-    """A fire-and-forget side effect, released after its transaction commits."""
+    """A fire-and-forget side effect, run once its transaction commits."""
 
     name = models.CharField(max_length=200)
     arguments = models.JSONField(default=dict)

@@ -30,9 +30,7 @@ def backoff_seconds(
     return delay * (1.0 - spread * draw)
 
 
-def _capped_exponential(
-    attempt: int, base: float, cap: float, factor: float
-) -> float:
+def _capped_exponential(attempt: int, base: float, cap: float, factor: float) -> float:
     exponent = max(attempt - 1, 0)
     if factor <= 1.0 or base >= cap:
         return min(base, cap)

@@ -22,7 +22,9 @@ class Command(BaseCommand):
     help = "Measure enqueue, drain, pickup latency and memory; print figures."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--json", action="store_true", help="Print one JSON object.")
+        parser.add_argument(
+            "--json", action="store_true", help="Print one JSON object."
+        )
         parser.add_argument(
             "--quick", action="store_true", help="Small counts, for a smoke run."
         )

@@ -1,7 +1,66 @@
-from klerk_django import job
+"""The shop's jobs: charge the card, check for fraud, follow up later.
 
-@job
-def ping(n):
-    if n == 2:
-        raise ValueError("two is bad")
-    return n * 2
+Each job may run more than once (a retry, or a worker lost mid-attempt), so
+each one checks the order's state before it changes it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.utils import timezone
+
+from klerk_django import current_job, job
+
+from .models import Order
+
+logger = logging.getLogger(__name__)
+
+# The shop's workers serve this queue only; other apps' jobs in the same
+# database are left to their own workers.
+QUEUE = "shop"
+
+# The pretend payment gateway times out on the first try for large amounts,
+# so every run of the example shows a retry.
+SLOW_GATEWAY_FROM_CENTS = 50_00
+REVIEW_FROM_CENTS = 500_00
+
+
+class GatewayTimeout(Exception):
+    """The payment gateway did not answer in time."""
+
+
+@job(name="shop.charge_card", queue=QUEUE, max_attempts=3)
+def charge_card(order_id: int) -> str:
+    """Charge the customer's card for the order and mark it paid."""
+    order = Order.objects.get(pk=order_id)
+    if order.status == Order.Status.PAID:
+        return "already paid"
+
+    context = current_job()
+    attempt = context.attempt if context else 1
+    if attempt == 1 and order.amount_cents >= SLOW_GATEWAY_FROM_CENTS:
+        Order.objects.filter(pk=order_id).update(status=Order.Status.PAYMENT_FAILED)
+        raise GatewayTimeout(f"no answer for order {order_id} on attempt {attempt}")
+
+    Order.objects.filter(pk=order_id).update(status=Order.Status.PAID)
+    return f"charged {order.amount}"
+
+
+@job(name="shop.fraud_check", queue=QUEUE, priority=10, max_attempts=2)
+def fraud_check(order_id: int) -> str:
+    """Return "review" for orders large enough to need a person's look."""
+    order = Order.objects.get(pk=order_id)
+    if order.amount_cents >= REVIEW_FROM_CENTS:
+        return "review"
+    return "clear"
+
+
+@job(name="shop.follow_up", queue=QUEUE)
+def follow_up(order_id: int) -> str:
+    """Record that the customer was asked how the order went."""
+    updated = Order.objects.filter(pk=order_id, followed_up_at=None).update(
+        followed_up_at=timezone.now()
+    )
+    logger.info("order followed up order_id=%s", order_id)
+    return "asked" if updated else "already asked"

@@ -1,0 +1,297 @@
+"""The example run: place orders, run workers until done, print what ran.
+
+1. migrate, and add the customers if they are missing;
+2. place orders through ``handle``, one of them rejected;
+3. run ``manage.py klerk_worker --burst`` in a new process until none of
+   this run's jobs is ready or running, sleeping until the next job is due
+   in between, so that retries and the scheduled follow-ups run too;
+4. print every job and action of this run, then the counts.
+
+Only this run's jobs are waited for and shown, so the example can run again
+and again on the same database.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from klerk_django import CommandResult, handle
+from klerk_django.actions import wait_for_actions
+from klerk_django.models import Action, Attempt, Job, JobStatus
+
+from .commands import PlaceOrder
+from .jobs import QUEUE
+from .models import Customer, Order
+
+MANAGE_PY = Path(__file__).resolve().parent.parent / "manage.py"
+CUSTOMERS = {
+    "north-bakery": "orders@north-bakery.example",
+    "harbour-books": "accounts@harbour-books.example",
+    "river-cafe": "hello@river-cafe.example",
+}
+ORDERS = [
+    ("north-bakery", 12_50),
+    ("harbour-books", 89_00),
+    ("river-cafe", 640_00),
+    ("north-bakery", 23_75),
+    ("unknown-shop", 2_500_00),
+]
+ACTOR = "run_example"
+# Safety nets against a hung run, not expectations of how long it takes.
+DEADLINE_SECONDS = 300.0
+WORKER_TIMEOUT_SECONDS = 120.0
+LONGEST_SLEEP_SECONDS = 5.0
+
+Write = Callable[[str], object]
+
+
+@dataclass
+class Placed:
+    """What the accepted orders asked for, as returned by ``handle``."""
+
+    order_ids: list[int] = field(default_factory=list)
+    job_ids: list[int] = field(default_factory=list)
+    action_ids: list[int] = field(default_factory=list)
+    scheduled_ids: set[int] = field(default_factory=set)
+    rejected: int = 0
+
+
+@dataclass(frozen=True)
+class Summary:
+    jobs: int
+    succeeded: int
+    retried: int
+    scheduled: int
+    actions: int
+    actions_succeeded: int
+    rejected: int
+
+
+def run(write: Write) -> Summary:
+    """Run the whole example, writing what happens with ``write``."""
+    call_command("migrate", verbosity=0)
+    for name, email in CUSTOMERS.items():
+        Customer.objects.get_or_create(name=name, defaults={"email": email})
+
+    placed = place_orders(write)
+    run_workers(placed.job_ids, write)
+    wait_for_actions()
+
+    return report(placed, write)
+
+
+def place_orders(write: Write) -> Placed:
+    """Place every example order through ``handle`` and collect the results."""
+    write("Placing orders")
+    placed = Placed()
+    for customer, amount_cents in ORDERS:
+        command = PlaceOrder(customer=customer, amount_cents=amount_cents)
+        result = handle(command, actor=ACTOR)
+        if result.ok:
+            _remember(placed, result)
+            write(
+                f"  order {result.value} placed: {customer}, "
+                f"{_money(amount_cents)}, {len(result.jobs)} jobs, "
+                f"{len(result.actions)} action"
+            )
+        else:
+            placed.rejected += 1
+            write(f"  {result.outcome}: {customer}, {_money(amount_cents)}")
+            for problem in result.problems:
+                write(f"    - {problem.field or 'order'}: {problem.message}")
+    return placed
+
+
+def _remember(placed: Placed, result: CommandResult) -> None:
+    placed.order_ids.append(result.value)
+    for job in result.jobs:
+        placed.job_ids.append(job.pk)
+        if job.run_after > job.created_at:
+            placed.scheduled_ids.add(job.pk)
+    placed.action_ids.extend(action.pk for action in result.actions)
+
+
+def run_workers(job_ids: list[int], write: Write) -> None:
+    """Run burst workers until none of ``job_ids`` is ready or running."""
+    write("")
+    write("Running workers until every job has ended")
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    for number in itertools.count(1):
+        _run_worker(number, write)
+
+        pending = Job.objects.filter(
+            pk__in=job_ids, status__in=[JobStatus.READY, JobStatus.RUNNING]
+        )
+        if not pending.exists():
+            return
+        if time.monotonic() > deadline:
+            raise CommandError(
+                f"Jobs still unfinished after {DEADLINE_SECONDS:.0f} seconds: "
+                f"{sorted(pending.values_list('pk', flat=True))}."
+            )
+
+        pause = _seconds_until_due(pending)
+        write(f"  next job due in {pause:.1f} s, waiting")
+        time.sleep(pause)
+
+
+def _run_worker(number: int, write: Write) -> None:
+    # The worker inherits this process's settings module, so the example
+    # also works under other settings (the test suite's, for one).
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE=settings.SETTINGS_MODULE)
+    command = [
+        sys.executable,
+        str(MANAGE_PY),
+        "klerk_worker",
+        "--burst",
+        "--queue",
+        QUEUE,
+    ]
+    done = subprocess.run(
+        command,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=WORKER_TIMEOUT_SECONDS,
+        check=False,
+    )
+
+    write(f"  worker run {number}: exit code {done.returncode}")
+    for line in (done.stdout + done.stderr).splitlines():
+        write(f"    | {line}")
+    if done.returncode != 0:
+        raise CommandError(f"klerk_worker exited with code {done.returncode}.")
+
+
+def _seconds_until_due(pending: QuerySet[Job]) -> float:
+    ready = Job.objects.filter(pk__in=pending, status=JobStatus.READY)
+    earliest = ready.order_by("run_after").values_list("run_after", flat=True)
+    first = earliest.first()
+    if first is None:
+        # Running in a worker started elsewhere: look again shortly.
+        return 0.5
+    seconds = (first - timezone.now()).total_seconds()
+    return min(max(seconds, 0.1), LONGEST_SLEEP_SECONDS)
+
+
+def report(placed: Placed, write: Write) -> Summary:
+    """Print the jobs, actions and orders of this run; return the counts."""
+    jobs = _in_start_order(list(Job.objects.filter(pk__in=placed.job_ids)))
+    actions = list(Action.objects.filter(pk__in=placed.action_ids).order_by("pk"))
+    orders = list(
+        Order.objects.filter(pk__in=placed.order_ids)
+        .select_related("customer", "receipt")
+        .order_by("pk")
+    )
+
+    _write_jobs(jobs, write)
+    _write_retries(jobs, write)
+    _write_actions(actions, write)
+    _write_orders(orders, write)
+
+    summary = Summary(
+        jobs=len(jobs),
+        succeeded=sum(job.status == JobStatus.SUCCEEDED for job in jobs),
+        retried=sum(job.attempts > 1 for job in jobs),
+        scheduled=len(placed.scheduled_ids),
+        actions=len(actions),
+        actions_succeeded=sum(action.status == "succeeded" for action in actions),
+        rejected=placed.rejected,
+    )
+    write("")
+    write(
+        f"Jobs: {summary.succeeded} of {summary.jobs} succeeded, "
+        f"{summary.retried} retried, {summary.scheduled} scheduled."
+    )
+    write(
+        f"Actions: {summary.actions_succeeded} of {summary.actions} succeeded. "
+        f"Orders rejected: {summary.rejected}."
+    )
+    return summary
+
+
+def _in_start_order(jobs: list[Job]) -> list[Job]:
+    first_runs = dict(
+        Attempt.objects.filter(job__in=jobs, number=1).values_list(
+            "job_id", "started_at"
+        )
+    )
+    never = timezone.now() + timedelta(days=1)
+
+    def key(job: Job) -> tuple[object, int, int]:
+        return (first_runs.get(job.pk) or never, -job.priority, job.pk)
+
+    return sorted(jobs, key=key)
+
+
+def _write_jobs(jobs: list[Job], write: Write) -> None:
+    write("")
+    write("Jobs, in the order they first started")
+    write(
+        f"  {'id':>4}  {'name':<17} {'order':>5}  {'priority':>8}  "
+        f"{'status':<9}  {'attempts':>8}  result"
+    )
+    for job in jobs:
+        write(
+            f"  {job.pk:>4}  {job.name:<17} {_order_of(job):>5}  "
+            f"{job.priority:>8}  {job.status:<9}  {job.attempts:>8}  "
+            f"{job.result if job.result is not None else ''}"
+        )
+
+
+def _write_retries(jobs: list[Job], write: Write) -> None:
+    failed = Attempt.objects.filter(job__in=jobs).exclude(
+        outcome=Attempt.Outcome.SUCCEEDED
+    )
+    if not failed.exists():
+        return
+    write("")
+    write("Attempts that failed and were retried")
+    for attempt in failed.order_by("job_id", "number"):
+        write(f"  job {attempt.job_id} attempt {attempt.number}: {attempt.error}")
+
+
+def _write_actions(actions: list[Action], write: Write) -> None:
+    write("")
+    write("Actions")
+    write(f"  {'id':>4}  {'name':<17} {'order':>5}  status")
+    for action in actions:
+        write(
+            f"  {action.pk:>4}  {action.name:<17} {_order_of(action):>5}  "
+            f"{action.status}"
+        )
+
+
+def _write_orders(orders: list[Order], write: Write) -> None:
+    write("")
+    write("Orders")
+    for order in orders:
+        receipt = getattr(order, "receipt", None)
+        write(
+            f"  order {order.pk}: {order.customer.name}, {order.amount}, "
+            f"{order.status}, receipt {'sent' if receipt else 'not sent'}, "
+            f"{'followed up' if order.followed_up_at else 'not followed up'}"
+        )
+
+
+def _order_of(row: Job | Action) -> str:
+    args = row.arguments.get("args") or [""]
+    return str(args[0])
+
+
+def _money(cents: int) -> str:
+    return f"{cents // 100}.{cents % 100:02d}"

@@ -235,7 +235,8 @@ def interrupt(worker_id: uuid.UUID, job_ids: Iterable[int], reason: str) -> int:
     """End the current attempts of ``job_ids`` held by ``worker_id``.
 
     Used when a worker stops before its jobs finish: they return to the
-    queue at once instead of waiting for their leases to expire.
+    queue at once, with no retry delay, instead of waiting for their leases
+    to expire. The attempt still counts.
     """
     db = database.alias()
     conn = database.connection()
@@ -247,11 +248,13 @@ def interrupt(worker_id: uuid.UUID, job_ids: Iterable[int], reason: str) -> int:
             .filter(pk__in=list(job_ids), status=JobStatus.RUNNING, worker_id=worker_id)
         )
         for job in held:
-            _interrupt(job, reason, conn)
+            _interrupt(job, reason, conn, back_off=False)
     return len(held)
 
 
-def _interrupt(job: Job, reason: str, conn: BaseDatabaseWrapper) -> None:
+def _interrupt(
+    job: Job, reason: str, conn: BaseDatabaseWrapper, back_off: bool = True
+) -> None:
     db = database.alias()
     error = f"Attempt {job.attempts} interrupted: {reason} (worker {job.worker_id})."
     if job.attempts >= job.max_attempts:
@@ -261,7 +264,13 @@ def _interrupt(job: Job, reason: str, conn: BaseDatabaseWrapper) -> None:
         }
         level, outcome = logging.ERROR, "failed"
     else:
-        delay = next_delay(job.attempts, job.backoff_base_seconds, job.backoff_max_seconds)
+        # A lost lease may be the job's own doing (it killed its process),
+        # so it backs off like a failure; a stopping worker is not.
+        delay = 0.0
+        if back_off:
+            delay = next_delay(
+                job.attempts, job.backoff_base_seconds, job.backoff_max_seconds
+            )
         changes = {"status": JobStatus.READY, "run_after": database.later(delay, conn)}
         level, outcome = logging.WARNING, "requeued"
 

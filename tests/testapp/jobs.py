@@ -34,6 +34,15 @@ def sleep(key: str, seconds: float) -> None:
     _mark("sleep-end", key)
 
 
+@job(name="tests.hang", backoff_seconds=0.0)
+def hang(key: str, seconds: float) -> None:
+    """Sleep on the first attempt only, so that a rerun ends at once."""
+    context = current_job()
+    _mark("hang", key)
+    if context is not None and context.attempt == 1:
+        time.sleep(seconds)
+
+
 @job(name="tests.fail", max_attempts=3, backoff_seconds=0.0)
 def fail(key: str) -> None:
     _mark("fail", key)

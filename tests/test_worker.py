@@ -1,0 +1,248 @@
+"""Worker processes under real signals, kills and lost leases."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.db.models import F
+from django.utils import timezone
+
+from klerk_django.models import Attempt, Job, JobStatus
+from klerk_django.models import Worker as WorkerRecord
+from tests.testapp.jobs import crash, hang, record, sleep
+from tests.testapp.models import Run
+from tests.workers import running_worker, start_worker, stop, wait_for
+
+# Short leases so that lost workers are noticed within seconds.
+FAST = {
+    "KLERK_LEASE_SECONDS": 3,
+    "KLERK_HEARTBEAT_SECONDS": 1,
+    "KLERK_RECOVERY_SECONDS": 1,
+}
+
+
+def status(job: Job) -> str:
+    return Job.objects.get(pk=job.pk).status
+
+
+def outcomes(job: Job) -> list[tuple[int, str]]:
+    return list(
+        Attempt.objects.filter(job_id=job.pk)
+        .order_by("number")
+        .values_list("number", "outcome")
+    )
+
+
+def started(kind: str, key: str) -> bool:
+    return Run.objects.filter(kind=kind, key=key).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_job_of_a_killed_worker_runs_again_under_the_same_name():
+    job = hang.enqueue("killed", 120.0)
+    first = start_worker("--name", "fixed", settings=FAST)
+    try:
+        wait_for(lambda: started("hang", "killed"))
+        first.kill()
+        first.wait(30)
+        # Bookkeeping of dead workers may be gone before recovery runs.
+        WorkerRecord.objects.filter(pid=first.pid).delete()
+
+        with running_worker("--name", "fixed", settings=FAST):
+            wait_for(lambda: status(job) == JobStatus.SUCCEEDED)
+    finally:
+        stop(first)
+
+    assert outcomes(job) == [(1, "interrupted"), (2, "succeeded")]
+    lost = Attempt.objects.get(job_id=job.pk, number=1)
+    assert "worker was lost" in lost.error
+    runs = Run.objects.filter(kind="hang", key="killed").order_by("attempt")
+    assert [run.attempt for run in runs] == [1, 2]
+    assert runs[0].pid != runs[1].pid
+    names = WorkerRecord.objects.filter(name="fixed")
+    assert names.count() == 1 and names.get().pid == runs[1].pid
+
+
+@pytest.mark.django_db(transaction=True)
+def test_job_of_a_killed_worker_out_of_attempts_fails_as_lost():
+    job = hang.using(max_attempts=1).enqueue("last", 120.0)
+    first = start_worker("--name", "fixed", settings=FAST)
+    try:
+        wait_for(lambda: started("hang", "last"))
+        first.kill()
+        first.wait(30)
+
+        with running_worker("--name", "fixed", settings=FAST):
+            wait_for(lambda: status(job) == JobStatus.FAILED)
+    finally:
+        stop(first)
+
+    job.refresh_from_db()
+    assert "worker was lost" in job.last_error
+    assert job.attempts == 1
+    assert outcomes(job) == [(1, "interrupted")]
+    assert Run.objects.filter(kind="hang", key="last").count() == 1
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_job_that_kills_its_worker_fails_after_its_attempts():
+    job = crash.enqueue("crash")
+
+    # Restart the worker whenever it dies, as a process supervisor would.
+    starts = 0
+    while status(job) != JobStatus.FAILED:
+        assert starts < 6, "the crashing job keeps running"
+        process = start_worker(settings=FAST)
+        starts += 1
+        try:
+            wait_for(lambda p=process: p.poll() is not None or status(job) == "failed")
+        finally:
+            stop(process)
+
+    job.refresh_from_db()
+    assert job.attempts == crash.options.max_attempts == 2
+    assert "worker was lost" in job.last_error
+    assert outcomes(job) == [(1, "interrupted"), (2, "interrupted")]
+    assert Run.objects.filter(kind="crash").count() == 2
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.django_db(transaction=True)
+def test_stop_signal_lets_the_running_job_finish(signum):
+    job = sleep.enqueue("finish", 2.0)
+
+    with running_worker("--concurrency", "2", "--grace-seconds", "60") as process:
+        wait_for(lambda: started("sleep-start", "finish"))
+        process.send_signal(signum)
+        waiting = record.enqueue("after-stop")
+
+        assert process.wait(60) == 0
+
+    assert status(job) == JobStatus.SUCCEEDED
+    assert outcomes(job) == [(1, "succeeded")]
+    assert status(waiting) == JobStatus.READY
+    assert not Run.objects.filter(key="after-stop").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stop_after_grace_requeues_the_interrupted_job_at_once():
+    job = sleep.using(backoff_seconds=600).enqueue("long", 120.0)
+
+    with running_worker("--grace-seconds", "1") as process:
+        wait_for(lambda: started("sleep-start", "long"))
+        process.send_signal(signal.SIGTERM)
+
+        assert process.wait(60) == 0
+        stopped = timezone.now()
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.READY
+    assert job.run_after <= stopped
+    assert job.lease_expires_at is None
+    assert outcomes(job) == [(1, "interrupted")]
+    assert "stopped" in Attempt.objects.get(job_id=job.pk).error
+    assert not started("sleep-end", "long")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_second_stop_signal_stops_waiting_for_running_jobs(tmp_path):
+    log = tmp_path / "worker.log"
+    job = sleep.enqueue("second", 120.0)
+
+    with running_worker("--grace-seconds", "600", log=log) as process:
+        wait_for(lambda: started("sleep-start", "second"))
+        process.send_signal(signal.SIGTERM)
+        wait_for(lambda: "worker stopping" in log.read_text())
+        process.send_signal(signal.SIGTERM)
+
+        assert process.wait(60) == 0
+
+    assert status(job) == JobStatus.READY
+    assert outcomes(job) == [(1, "interrupted")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_that_lost_its_lease_records_nothing(tmp_path):
+    log = tmp_path / "worker.log"
+    job = sleep.enqueue("taken", 2.0)
+    newer = uuid.uuid4()
+
+    with running_worker(log=log):
+        wait_for(lambda: started("sleep-start", "taken"))
+        Job.objects.filter(pk=job.pk).update(
+            worker_id=newer,
+            attempts=F("attempts") + 1,
+            lease_expires_at=timezone.now() + timedelta(hours=1),
+        )
+        wait_for(lambda: "job outcome not recorded, lease lost" in log.read_text())
+
+    job.refresh_from_db()
+    assert (job.status, job.worker_id, job.attempts) == (
+        JobStatus.RUNNING,
+        newer,
+        2,
+    )
+    assert outcomes(job) == []
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_paused_worker_cannot_overwrite_the_outcome_of_its_successor(tmp_path):
+    log = tmp_path / "paused.log"
+    job = hang.enqueue("paused", 4.0)
+    paused = start_worker(settings=FAST, log=log)
+    try:
+        wait_for(lambda: started("hang", "paused"))
+        paused.send_signal(signal.SIGSTOP)
+
+        with running_worker(settings=FAST):
+            wait_for(lambda: status(job) == JobStatus.SUCCEEDED)
+
+        paused.send_signal(signal.SIGCONT)
+        wait_for(lambda: "job outcome not recorded, lease lost" in log.read_text())
+    finally:
+        paused.send_signal(signal.SIGCONT)
+        stop(paused)
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED
+    assert outcomes(job) == [(1, "interrupted"), (2, "succeeded")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_runs_jobs_by_priority_then_age():
+    for key, priority in [("low", 0), ("high", 10), ("neg", -5), ("mid", 5)]:
+        record.using(priority=priority).enqueue(key)
+    record.using(priority=10).enqueue("high-later")
+
+    process = start_worker("--burst", "--concurrency", "1")
+    try:
+        assert process.wait(60) == 0
+    finally:
+        stop(process)
+
+    order = list(Run.objects.order_by("pk").values_list("key", flat=True))
+    assert order == ["high", "high-later", "mid", "low", "neg"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_scheduled_job_does_not_run_before_its_time():
+    later = record.using(delay=timedelta(seconds=3)).enqueue("later")
+    record.enqueue("now")
+
+    process = start_worker("--burst")
+    try:
+        assert process.wait(60) == 0
+    finally:
+        stop(process)
+    assert list(Run.objects.values_list("key", flat=True)) == ["now"]
+    assert status(later) == JobStatus.READY
+
+    with running_worker():
+        wait_for(lambda: status(later) == JobStatus.SUCCEEDED)
+    later.refresh_from_db()
+    assert Run.objects.get(key="later").created_at >= later.run_after

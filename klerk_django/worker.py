@@ -58,6 +58,8 @@ class Worker:
         self.name = options.name or f"{socket.gethostname()}-{os.getpid()}"
         self.stopping = threading.Event()
         self.forced = threading.Event()
+        # Set once no job runs any more: leases are kept until then.
+        self.drained = threading.Event()
         self.wake = threading.Event()
         self.running: dict[int, ClaimedJob] = {}
         self.lock = threading.Lock()
@@ -99,6 +101,7 @@ class Worker:
         finally:
             self.stopping.set()
             self._drain()
+            self.drained.set()
             self._unregister()
         return 0
 
@@ -112,7 +115,7 @@ class Worker:
                 failures = 0
             except DatabaseError as exc:
                 failures += 1
-                self._back_off("claim", exc, failures)
+                self._back_off("claim", exc, failures, self.stopping)
                 continue
 
             for job in claimed:
@@ -156,7 +159,9 @@ class Worker:
             database.connection().close_if_unusable_or_obsolete()
             self.wake.set()
 
-    def _back_off(self, step: str, exc: Exception, failures: int) -> None:
+    def _back_off(
+        self, step: str, exc: Exception, failures: int, until: threading.Event
+    ) -> None:
         delay = min(0.5 * 2 ** min(failures - 1, 6), 30.0)
         logger.warning(
             "database error, retrying step=%s worker=%s error=%s delay_s=%.1f",
@@ -166,14 +171,19 @@ class Worker:
             delay,
         )
         database.connection().close()
-        self.stopping.wait(delay)
+        until.wait(delay)
 
     def _maintain(self) -> None:
+        """Renew leases and recover lost jobs until no job runs here.
+
+        Runs on through the grace period after a stop: jobs still finishing
+        must keep their leases, or another worker would run them again.
+        """
         heartbeat = float(settings.HEARTBEAT_SECONDS)
         recovery = float(settings.RECOVERY_SECONDS)
         next_recovery = 0.0
         failures = 0
-        while not self.stopping.wait(min(heartbeat, recovery) if failures == 0 else 0):
+        while not self.drained.wait(min(heartbeat, recovery) if failures == 0 else 0):
             try:
                 self._heartbeat()
                 if time.monotonic() >= next_recovery:
@@ -182,7 +192,7 @@ class Worker:
                 failures = 0
             except DatabaseError as exc:
                 failures += 1
-                self._back_off("maintenance", exc, failures)
+                self._back_off("maintenance", exc, failures, self.drained)
             finally:
                 close_old_connections()
 
@@ -217,7 +227,7 @@ class Worker:
                 break
             except DatabaseError as exc:
                 failures += 1
-                self._back_off("register", exc, failures)
+                self._back_off("register", exc, failures, self.stopping)
                 if self.stopping.is_set():
                     return
         logger.info(

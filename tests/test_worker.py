@@ -166,6 +166,23 @@ def test_second_stop_signal_stops_waiting_for_running_jobs(tmp_path):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_stopping_worker_keeps_its_leases_while_jobs_finish():
+    job = sleep.enqueue("draining", 6.0)
+
+    with running_worker("--grace-seconds", "60", settings=FAST) as first:
+        wait_for(lambda: started("sleep-start", "draining"))
+        first.send_signal(signal.SIGTERM)
+
+        # Another worker recovers expired leases all the while.
+        with running_worker(settings=FAST):
+            assert first.wait(60) == 0
+
+    assert status(job) == JobStatus.SUCCEEDED
+    assert outcomes(job) == [(1, "succeeded")]
+    assert Run.objects.filter(kind="sleep-start", key="draining").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
 def test_worker_that_lost_its_lease_records_nothing(tmp_path):
     log = tmp_path / "worker.log"
     job = sleep.enqueue("taken", 2.0)

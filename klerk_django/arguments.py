@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from typing import Any
 
 from .conf import settings
@@ -16,12 +17,22 @@ from .exceptions import ArgumentError
 
 _SCALARS = (str, bool, int, float, type(None))
 
+# MariaDB refuses JSON nested more than 31 levels deep; the stored form of a
+# call, {"args": [...], "kwargs": {...}}, takes two of them.
+MAX_NESTING = 29
+STORED_NESTING = MAX_NESTING + 2
+LARGEST_FLOAT = 1e16
+
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 200
+
 
 def pack(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """Return the stored form of call arguments, or raise ArgumentError."""
     for index, value in enumerate(args):
         check(value, f"args[{index}]")
     for key, value in kwargs.items():
+        _check_text(key, key, f"The keyword argument name {key!r}")
         check(value, key)
 
     packed = {"args": list(args), "kwargs": dict(kwargs)}
@@ -43,22 +54,18 @@ def unpack(stored: Any) -> tuple[list[Any], dict[str, Any]]:
 
 def check(value: Any, path: str) -> None:
     """Raise ArgumentError unless ``value`` round-trips through JSON."""
+    _check(value, path, ())
+
+
+def _check(value: Any, path: str, parents: tuple[int, ...]) -> None:
     if isinstance(value, str):
         _check_text(value, path)
     elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ArgumentError(
-                f"Argument {path!r} is {value!r}; JSON has no NaN or infinity.",
-                path,
-                value,
-            )
+        _check_float(value, path)
     elif isinstance(value, _SCALARS):
         return
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            check(item, f"{path}[{index}]")
-    elif isinstance(value, dict):
-        _check_object(value, path)
+    elif isinstance(value, (list, dict)):
+        _check_container(value, path, parents)
     else:
         raise ArgumentError(
             f"Argument {path!r} has type {type(value).__name__!r}, which is not "
@@ -69,7 +76,47 @@ def check(value: Any, path: str) -> None:
         )
 
 
-def _check_object(value: dict[Any, Any], path: str) -> None:
+def _check_float(value: float, path: str) -> None:
+    if not math.isfinite(value):
+        raise ArgumentError(
+            f"Argument {path!r} is {value!r}; JSON has no NaN or infinity.",
+            path,
+            value,
+        )
+    # JSON writes such floats with an exponent; PostgreSQL keeps them as
+    # decimal integers, which come back as ints of another value.
+    if abs(value) >= LARGEST_FLOAT:
+        raise ArgumentError(
+            f"Argument {path!r} is the float {value!r}; floats of 1e16 or more "
+            "do not come back from every database unchanged, so pass an int "
+            "or a string.",
+            path,
+            value,
+        )
+
+
+def _check_container(
+    value: list[Any] | dict[Any, Any], path: str, parents: tuple[int, ...]
+) -> None:
+    if id(value) in parents:
+        raise ArgumentError(
+            f"Argument {path!r} contains itself; JSON cannot store a cycle.",
+            path,
+            value,
+        )
+    parents = (*parents, id(value))
+    if len(parents) > MAX_NESTING:
+        raise ArgumentError(
+            f"Argument {path!r} is nested too deeply: lists and objects may "
+            f"nest at most {MAX_NESTING} levels in an argument.",
+            path,
+            value,
+        )
+
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check(item, f"{path}[{index}]", parents)
+        return
     for key, item in value.items():
         if not isinstance(key, str):
             raise ArgumentError(
@@ -79,17 +126,27 @@ def _check_object(value: dict[Any, Any], path: str) -> None:
                 value,
             )
         _check_text(key, f"{path} key")
-        check(item, f"{path}[{key!r}]")
+        _check(item, f"{path}[{key!r}]", parents)
 
 
-def _check_text(value: str, path: str) -> None:
+def _check_text(value: str, path: str, subject: str = "") -> None:
+    subject = subject or f"Argument {path!r}"
     if "\x00" in value:
         raise ArgumentError(
-            f"Argument {path!r} contains a NUL character (\\u0000), which "
-            "databases refuse in text and JSON.",
+            f"{subject} contains a NUL character (\\u0000), which databases "
+            "refuse in text and JSON.",
             path,
             value,
         )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ArgumentError(
+            f"{subject} contains a lone surrogate, which is not valid UTF-8 "
+            "and which databases refuse.",
+            path,
+            value,
+        ) from None
 
 
 def check_size(packed: dict[str, Any]) -> None:

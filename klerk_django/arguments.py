@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import reprlib
+from collections.abc import Callable
 from typing import Any
 
 from .conf import settings
@@ -165,20 +166,60 @@ def check_size(packed: dict[str, Any]) -> None:
         )
 
 
-def scrub(value: Any) -> Any:
-    """Return ``value`` as JSON that any database accepts, or None.
+def scrub(value: Any, default: Callable[[Any], Any] = repr) -> Any:
+    """Return ``value`` as JSON that any database accepts.
 
-    Results and error texts come from user code after the fact; refusing them
-    would leave the job unfinished, so NUL characters are escaped instead and
-    values that are not JSON are replaced by their ``repr``.
+    Results, inputs and error texts come from user code after the fact;
+    refusing them would leave the job or command unrecorded, so NUL
+    characters and lone surrogates are escaped, NaN and infinities become
+    text, and other values become ``default(value)`` (their ``repr`` unless
+    told otherwise). Cycles, and containers nested deeper than every
+    database accepts, are replaced by a short ``repr``.
     """
-    try:
-        text = json.dumps(value, allow_nan=False, default=repr)
-    except (TypeError, ValueError):
-        text = json.dumps(repr(value))
-    return json.loads(text.replace("\\u0000", "\\\\u0000"))
+    return _scrub(value, default, ())
+
+
+def _scrub(value: Any, default: Callable[[Any], Any], parents: tuple[int, ...]) -> Any:
+    if isinstance(value, str):
+        return scrub_text(value)
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if not isinstance(value, (list, tuple, dict)):
+        return _scrub(_default(value, default), repr, parents)
+
+    if id(value) in parents or len(parents) >= STORED_NESTING - 1:
+        return scrub_text(_short.repr(value))
+    parents = (*parents, id(value))
+    if isinstance(value, dict):
+        return {
+            _scrub_key(key): _scrub(item, default, parents)
+            for key, item in value.items()
+        }
+    return [_scrub(item, default, parents) for item in value]
+
+
+def _default(value: Any, default: Callable[[Any], Any]) -> Any:
+    converted = default(value)
+    if converted is value or isinstance(converted, (list, tuple, dict)):
+        return repr(value)
+    return converted
+
+
+def _scrub_key(key: Any) -> str:
+    if isinstance(key, str):
+        return scrub_text(key)
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(key)
+    return scrub_text(_short.repr(key))
 
 
 def scrub_text(text: str) -> str:
-    """Return ``text`` with NUL characters escaped as ``\\x00``."""
-    return text.replace("\x00", "\\x00")
+    """Return ``text`` with NUL characters and lone surrogates escaped."""
+    text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

@@ -289,3 +289,50 @@ def test_enqueue_many_stores_nothing_when_one_call_is_refused(
 def test_unpack_refuses_stored_arguments_that_are_not_an_object():
     with pytest.raises(ArgumentError):
         arguments.unpack("[1, 2]")
+
+
+@pytest.mark.parametrize(
+    "value, stored",
+    [
+        pytest.param("a\x00b", "a\\x00b", id="nul"),
+        pytest.param("\\u0000", "\\u0000", id="escaped-nul-text"),
+        pytest.param("\\\x00", "\\\\x00", id="backslash-then-nul"),
+        pytest.param("\ud800", "\\ud800", id="surrogate"),
+        pytest.param(float("nan"), "nan", id="nan"),
+        pytest.param({"k\x00": [float("inf")]}, {"k\\x00": ["inf"]}, id="nested"),
+        pytest.param({1: (2, 3)}, {"1": [2, 3]}, id="int-key-and-tuple"),
+        pytest.param(b"x", "b'x'", id="bytes"),
+    ],
+)
+def test_scrub_makes_results_storable(value, stored):
+    assert arguments.scrub(value) == stored
+
+
+def test_scrub_survives_cycles_and_depth():
+    loop: list = [1]
+    loop.append(loop)
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+
+    assert arguments.scrub(loop)[0] == 1
+    assert isinstance(arguments.scrub(deep), (str, list))
+
+
+def test_scrub_text_escapes_nul_and_surrogates():
+    assert arguments.scrub_text("a\x00\udc80") == "a\\x00\\udc80"
+
+
+@pytest.mark.django_db
+def test_scrubbed_values_are_stored_by_every_database():
+    deep: list = []
+    for _ in range(100):
+        deep = [deep]
+    value = {"text": "\\u0000 \x00 \ud800", "deep": deep, "nan": float("nan")}
+    job = noop.enqueue()
+
+    Job.objects.filter(pk=job.pk).update(result=arguments.scrub(value))
+
+    job.refresh_from_db()
+    assert job.result["text"] == "\\u0000 \\x00 \\ud800"
+    assert job.result["nan"] == "nan"

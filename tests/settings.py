@@ -65,6 +65,9 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not memory, so that worker processes share the test database.
     DATABASES["default"]["TEST"] = {"NAME": str(_sqlite_file)}
+else:
+    # One test database per test run, so runs side by side do not collide.
+    DATABASES["default"]["TEST"] = {"NAME": f"test_klerk_{os.getpid()}"}
 if os.environ.get("KLERK_TEST_DATABASE_NAME"):
     DATABASES["default"]["NAME"] = os.environ["KLERK_TEST_DATABASE_NAME"]
 

@@ -1,4 +1,4 @@
-"""Commands: registered classes that change data, and the service that runs them.
+"""Commands: registered classes that change data, and the service running them.
 
 ``handle`` runs a command in one transaction on the jobs' database:
 
@@ -19,7 +19,6 @@ did, its record included.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import traceback
@@ -32,7 +31,7 @@ from django import forms
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 
-from . import database, scope
+from . import arguments, database, scope
 from .exceptions import UnknownCommand
 from .models import Action, CommandLock, CommandRecord, Job
 from .registry import Registry
@@ -238,21 +237,31 @@ def _record(
     CommandRecord.objects.using(db).create(
         id=result.record_id,
         name=command.name,
-        inputs=_jsonable(command.inputs or command.raw_inputs),
-        actor=_describe(actor),
+        inputs=_storable(command.inputs or command.raw_inputs),
+        actor=_actor_text(actor),
         outcome=result.outcome,
-        problems=[problem.as_dict() for problem in result.problems],
-        result=_jsonable(result.value),
-        error=error.replace("\x00", "\\x00"),
+        problems=_storable([problem.as_dict() for problem in result.problems]),
+        result=_storable(result.value),
+        error=arguments.scrub_text(error),
         duration_ms=(time.monotonic() - started) * 1000,
     )
 
 
-def _jsonable(value: Any) -> Any:
+def _storable(value: Any) -> Any:
+    # Inputs and results come from users and commands; a record must be
+    # written whatever they hold, so odd values are stored as text.
+    return arguments.scrub(value, default=_as_json)
+
+
+def _as_json(value: Any) -> Any:
     try:
-        return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
-    except (TypeError, ValueError):
+        return DjangoJSONEncoder().default(value)
+    except TypeError:
         return repr(value)
+
+
+def _actor_text(actor: Any) -> str:
+    return arguments.scrub_text(_describe(actor))[:255]
 
 
 def _describe(actor: Any) -> str:
@@ -263,7 +272,7 @@ def _describe(actor: Any) -> str:
     username = getattr(actor, "get_username", None)
     if callable(username):
         return f"user:{username()} (id={actor.pk})"
-    return str(actor)[:255]
+    return str(actor)
 
 
 def _log(result: CommandResult, actor: Any, started: float) -> None:
@@ -277,6 +286,6 @@ def _log(result: CommandResult, actor: Any, started: float) -> None:
         result.outcome,
         result.name,
         result.record_id,
-        _describe(actor),
+        _actor_text(actor),
         duration_ms,
     )

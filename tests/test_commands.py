@@ -193,6 +193,33 @@ def test_failed_job_insert_fails_the_whole_command(monkeypatch):
 
 
 @pytest.mark.django_db
+def test_nul_characters_in_inputs_are_rejected_and_recorded():
+    result = handle(AddNote(text="a\x00b", **{"odd\x00name": "x"}))
+
+    assert result.outcome == REJECTED
+    assert {p.code for p in result.problems} == {
+        "null_characters_not_allowed",
+        "unknown_input",
+    }
+    saved = only_record()
+    assert saved.outcome == REJECTED
+    assert "\x00" not in str(saved.inputs) + str(saved.problems)
+
+
+@pytest.mark.django_db
+def test_values_that_are_not_json_are_recorded_as_text():
+    commands.hooks["odd"] = lambda command: {"nan": float("nan"), "obj": object()}
+
+    result = handle(RunHook(key="odd"), actor="robot\x00one")
+
+    assert result.ok
+    saved = only_record()
+    assert saved.result["nan"] == "nan"
+    assert saved.result["obj"].startswith("<object object")
+    assert saved.actor == "robot\\x00one"
+
+
+@pytest.mark.django_db
 def test_lock_key_of_a_command_creates_its_lock_row():
     result = handle(LockedNote(text="mine"))
 

@@ -15,6 +15,11 @@ Inside an outer transaction (``ATOMIC_REQUESTS`` or the caller's own
 ``atomic``), ``handle`` joins it: the lock is held, and actions wait, until
 the outermost commit, and an outer rollback removes everything the command
 did, its record included.
+
+A command runs secondary commands by calling ``handle`` in ``execute``.
+They join its transaction, all or nothing: a rejected secondary raises
+``Rejected`` with its problems into the primary, a failing one raises its
+error, and the primary's result lists their jobs and actions as its own.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from .registry import Registry
 logger = logging.getLogger(__name__)
 
 GLOBAL_LOCK = "global"
+LOOKUP_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -135,18 +141,23 @@ def handle(command: Command, *, actor: Any = None) -> CommandResult:
     Runs in a transaction on the jobs' database, joining the caller's if
     there is one. A rejection or an exception in the command rolls back
     everything it did and comes back as a result with problems; only errors
-    of the database itself propagate.
+    of the database itself propagate. Called inside another command's
+    ``execute``, it runs a secondary command, which raises instead of
+    returning a rejection or failure.
     """
     db = database.alias()
     command.actor = actor
+    outer = scope.current()
     current = scope.CommandScope(record_id=uuid.uuid4(), name=command.name)
     started = time.monotonic()
 
-    with transaction.atomic(using=db):
-        take_lock(db, command.lock_key())
-        result, error = _run_in_savepoint(command, current)
-        result.record_id = current.record_id
-        _record(command, actor, result, error, started, db)
+    if outer is not None:
+        result = _handle_secondary(command, current, outer, started)
+    else:
+        with transaction.atomic(using=db):
+            take_lock(db, command.lock_key())
+            result, error = _run_in_savepoint(command, current)
+            _close(command, result, error, started)
 
     _log(result, actor, started)
     return result
@@ -169,23 +180,40 @@ def _run_in_savepoint(
     try:
         with transaction.atomic(using=database.alias()):
             value = _validate_and_execute(command)
+            _drop_rolled_back(current)
     except Rejected as rejection:
-        return _failed(command, "rejected", rejection.problems), ""
+        return _failed(current, "rejected", rejection.problems), ""
     except Exception as exc:
         logger.exception("command raised command=%s", command.name)
         problem = Problem(f"The command failed: {type(exc).__name__}.", "internal")
-        return _failed(command, "failed", [problem]), traceback.format_exc()
+        return _failed(current, "failed", [problem]), traceback.format_exc()
     finally:
         scope.leave(token)
 
-    result = CommandResult(
-        name=command.name,
-        outcome=CommandRecord.Outcome.SUCCEEDED,
-        value=value,
-        jobs=current.jobs,
-        actions=current.actions,
-    )
-    return result, ""
+    return _succeeded(current, value), ""
+
+
+def _handle_secondary(
+    command: Command,
+    current: scope.CommandScope,
+    outer: scope.CommandScope,
+    started: float,
+) -> CommandResult:
+    db = database.alias()
+    token = scope.enter(current)
+    try:
+        with transaction.atomic(using=db):
+            take_lock(db, command.lock_key())
+            value = _validate_and_execute(command)
+            _drop_rolled_back(current)
+            result = _succeeded(current, value)
+    finally:
+        scope.leave(token)
+
+    outer.jobs.extend(current.jobs)
+    outer.actions.extend(current.actions)
+    _close(command, result, "", started)
+    return result
 
 
 def _validate_and_execute(command: Command) -> Any:
@@ -222,23 +250,61 @@ def _input_problems(form: forms.Form) -> list[Problem]:
     return problems
 
 
-def _failed(command: Command, outcome: str, problems: list[Problem]) -> CommandResult:
-    return CommandResult(name=command.name, outcome=outcome, problems=problems)
+def _drop_rolled_back(current: scope.CommandScope) -> None:
+    """Forget the jobs and actions that savepoints in the command undid."""
+    current.jobs = _still_stored(Job, current.jobs)
+    current.actions = _still_stored(Action, current.actions)
 
 
-def _record(
-    command: Command,
-    actor: Any,
-    result: CommandResult,
-    error: str,
-    started: float,
-    db: str,
-) -> None:
+def _still_stored(model: type[Job] | type[Action], rows: list[Any]) -> list[Any]:
+    ids = [row.pk for row in rows if row.pk is not None]
+    if not ids:
+        return rows
+
+    stored: set[int] = set()
+    manager = model.objects.using(database.alias())
+    for start in range(0, len(ids), LOOKUP_BATCH):
+        batch = ids[start : start + LOOKUP_BATCH]
+        stored.update(manager.filter(pk__in=batch).values_list("pk", flat=True))
+    # SQLite may give a rolled-back row's id to a later row, so the last
+    # row with an id is the one stored under it.
+    last = {row.pk: index for index, row in enumerate(rows)}
+    return [
+        row
+        for index, row in enumerate(rows)
+        if row.pk is None or (row.pk in stored and last[row.pk] == index)
+    ]
+
+
+def _succeeded(current: scope.CommandScope, value: Any) -> CommandResult:
+    return CommandResult(
+        name=current.name,
+        outcome=CommandRecord.Outcome.SUCCEEDED,
+        value=value,
+        jobs=current.jobs,
+        actions=current.actions,
+        record_id=current.record_id,
+    )
+
+
+def _failed(
+    current: scope.CommandScope, outcome: str, problems: list[Problem]
+) -> CommandResult:
+    return CommandResult(
+        name=current.name,
+        outcome=outcome,
+        problems=problems,
+        record_id=current.record_id,
+    )
+
+
+def _close(command: Command, result: CommandResult, error: str, started: float) -> None:
+    db = database.alias()
     CommandRecord.objects.using(db).create(
         id=result.record_id,
         name=command.name,
         inputs=_storable(command.inputs or command.raw_inputs),
-        actor=_actor_text(actor),
+        actor=_actor_text(command.actor),
         outcome=result.outcome,
         problems=_storable([problem.as_dict() for problem in result.problems]),
         result=_storable(result.value),

@@ -10,10 +10,11 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from klerk_django import Problem, handle, jobs
+from klerk_django import Problem, Rejected, handle, jobs
 from klerk_django.models import Action, CommandLock, CommandRecord, Job
 from tests.testapp import commands, threads
-from tests.testapp.commands import AddNote, LockedNote, RunHook
+from tests.testapp.actions import note_action
+from tests.testapp.commands import AddNote, AddNoteTwice, LockedNote, RunHook
 from tests.testapp.jobs import record
 from tests.testapp.models import Note, Run
 from tests.workers import wait_for
@@ -193,6 +194,38 @@ def test_failed_job_insert_fails_the_whole_command(monkeypatch):
 
 
 @pytest.mark.django_db
+def test_result_leaves_out_what_a_rolled_back_savepoint_did(
+    django_capture_on_commit_callbacks,
+):
+    def nested(command):
+        kept = record.enqueue("kept")
+        try:
+            with transaction.atomic():
+                Note.objects.create(text="dropped")
+                record.enqueue("dropped")
+                note_action.request("dropped")
+                raise RuntimeError("undo the savepoint")
+        except RuntimeError:
+            pass
+        # On SQLite this job may get the id of the rolled-back one.
+        after = record.enqueue("after")
+        return [kept.pk, after.pk]
+
+    commands.hooks["nested"] = nested
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        result = handle(RunHook(key="nested"))
+
+    assert result.ok, result.problems
+    assert [job.arguments["args"] for job in result.jobs] == [["kept"], ["after"]]
+    assert [job.pk for job in result.jobs] == result.value
+    assert Job.objects.count() == 2
+    assert result.actions == []
+    assert callbacks == []
+    assert not Note.objects.exists()
+
+
+@pytest.mark.django_db
 def test_nul_characters_in_inputs_are_rejected_and_recorded():
     result = handle(AddNote(text="a\x00b", **{"odd\x00name": "x"}))
 
@@ -247,6 +280,64 @@ def test_outer_rollback_removes_everything_the_command_did():
     assert_nothing_stored()
     assert not CommandRecord.objects.exists()
     assert not Run.objects.exists()
+
+
+@pytest.mark.django_db
+def test_secondary_command_joins_the_primary(django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as callbacks:
+        result = handle(AddNoteTwice(first="one", second="two"))
+
+    assert result.ok, result.problems
+    assert sorted(Note.objects.values_list("text", flat=True)) == ["one", "two"]
+    assert {job.arguments["args"][0] for job in result.jobs} == {"one", "two"}
+    assert [action.arguments["args"] for action in result.actions] == [["two"]]
+    assert len(callbacks) == 1
+    outcomes = CommandRecord.objects.values_list("name", "outcome")
+    assert sorted(outcomes) == [
+        ("tests.add_note", SUCCEEDED),
+        ("tests.add_note_twice", SUCCEEDED),
+    ]
+
+
+@pytest.mark.django_db
+def test_rejected_secondary_command_rejects_the_primary(
+    django_capture_on_commit_callbacks,
+):
+    with django_capture_on_commit_callbacks() as callbacks:
+        result = handle(AddNoteTwice(first="one", second="forbidden"))
+
+    assert result.outcome == REJECTED
+    assert [p.code for p in result.problems] == ["forbidden"]
+    assert callbacks == []
+    assert_nothing_stored()
+    assert only_record().name == "tests.add_note_twice"
+
+
+@pytest.mark.django_db
+def test_failing_secondary_command_fails_the_primary():
+    result = handle(AddNoteTwice(first="one", second="explode"))
+
+    assert result.outcome == FAILED
+    assert "a rule failed to run" in only_record().error
+    assert_nothing_stored()
+
+
+@pytest.mark.django_db
+def test_primary_may_go_on_after_catching_a_rejected_secondary():
+    def tolerant(command):
+        Note.objects.create(text="kept")
+        try:
+            handle(AddNote(text="forbidden"))
+        except Rejected as rejection:
+            return [problem.code for problem in rejection.problems]
+
+    commands.hooks["tolerant"] = tolerant
+
+    result = handle(RunHook(key="tolerant"))
+
+    assert result.ok
+    assert result.value == ["forbidden"]
+    assert list(Note.objects.values_list("text", flat=True)) == ["kept"]
 
 
 def hold_until(started: list[str], inside: threading.Event, go: threading.Event):

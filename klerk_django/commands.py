@@ -20,6 +20,10 @@ A command runs secondary commands by calling ``handle`` in ``execute``.
 They join its transaction, all or nothing: a rejected secondary raises
 ``Rejected`` with its problems into the primary, a failing one raises its
 error, and the primary's result lists their jobs and actions as its own.
+
+A dry run does all of this, then rolls everything back, the lock row and
+the record included: it leaves no data, job, action or record, and
+releases no action, whether or not it runs inside an outer transaction.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ class CommandResult:
     jobs: list[Job] = field(default_factory=list)
     actions: list[Action] = field(default_factory=list)
     record_id: uuid.UUID | None = None
+    dry_run: bool = False
 
     @property
     def ok(self) -> bool:
@@ -135,7 +140,9 @@ def get_command(name: str) -> type[Command]:
     return registry.get(name)
 
 
-def handle(command: Command, *, actor: Any = None) -> CommandResult:
+def handle(
+    command: Command, *, actor: Any = None, dry_run: bool = False
+) -> CommandResult:
     """Run ``command`` under the command lock and return its result.
 
     Runs in a transaction on the jobs' database, joining the caller's if
@@ -143,12 +150,17 @@ def handle(command: Command, *, actor: Any = None) -> CommandResult:
     everything it did and comes back as a result with problems; only errors
     of the database itself propagate. Called inside another command's
     ``execute``, it runs a secondary command, which raises instead of
-    returning a rejection or failure.
+    returning a rejection or failure. ``dry_run`` rolls everything back and
+    writes no record.
     """
     db = database.alias()
     command.actor = actor
     outer = scope.current()
-    current = scope.CommandScope(record_id=uuid.uuid4(), name=command.name)
+    current = scope.CommandScope(
+        record_id=uuid.uuid4(),
+        name=command.name,
+        dry_run=dry_run or bool(outer and outer.dry_run),
+    )
     started = time.monotonic()
 
     if outer is not None:
@@ -207,12 +219,16 @@ def _handle_secondary(
             value = _validate_and_execute(command)
             _drop_rolled_back(current)
             result = _succeeded(current, value)
+            if current.dry_run and not outer.dry_run:
+                transaction.set_rollback(True, using=db)
+                return result
     finally:
         scope.leave(token)
 
     outer.jobs.extend(current.jobs)
     outer.actions.extend(current.actions)
-    _close(command, result, "", started)
+    if not current.dry_run:
+        _close(command, result, "", started)
     return result
 
 
@@ -283,7 +299,8 @@ def _succeeded(current: scope.CommandScope, value: Any) -> CommandResult:
         value=value,
         jobs=current.jobs,
         actions=current.actions,
-        record_id=current.record_id,
+        record_id=None if current.dry_run else current.record_id,
+        dry_run=current.dry_run,
     )
 
 
@@ -294,12 +311,19 @@ def _failed(
         name=current.name,
         outcome=outcome,
         problems=problems,
-        record_id=current.record_id,
+        record_id=None if current.dry_run else current.record_id,
+        dry_run=current.dry_run,
     )
 
 
 def _close(command: Command, result: CommandResult, error: str, started: float) -> None:
     db = database.alias()
+    if result.dry_run:
+        # Undoes the lock row, the command's writes and their after-commit
+        # callbacks, whether this block is the outermost one or a savepoint.
+        transaction.set_rollback(True, using=db)
+        return
+
     CommandRecord.objects.using(db).create(
         id=result.record_id,
         name=command.name,
@@ -348,10 +372,11 @@ def _log(result: CommandResult, actor: Any, started: float) -> None:
     else:
         log = logger.info
     log(
-        "command %s command=%s record_id=%s actor=%s duration_ms=%.1f",
+        "command %s command=%s record_id=%s actor=%s dry_run=%s duration_ms=%.1f",
         result.outcome,
         result.name,
         result.record_id,
         _actor_text(actor),
+        result.dry_run,
         duration_ms,
     )

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 class CommandScope:
     record_id: uuid.UUID
     name: str
+    dry_run: bool = False
     jobs: list[Job] = field(default_factory=list)
     actions: list[Action] = field(default_factory=list)
 

@@ -8,6 +8,7 @@ import threading
 import pytest
 from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
+from django.db.models.signals import post_save
 from django.test.utils import CaptureQueriesContext
 
 from klerk_django import Problem, Rejected, handle, jobs
@@ -338,6 +339,82 @@ def test_primary_may_go_on_after_catching_a_rejected_secondary():
     assert result.ok
     assert result.value == ["forbidden"]
     assert list(Note.objects.values_list("text", flat=True)) == ["kept"]
+
+
+@pytest.mark.django_db
+def test_dry_run_stores_nothing_and_releases_nothing(
+    django_capture_on_commit_callbacks,
+):
+    def on_commit_from_signal(sender, instance, **kwargs):
+        transaction.on_commit(lambda: Run.objects.create(kind="signal", key="x"))
+
+    post_save.connect(on_commit_from_signal, sender=Note)
+    try:
+        with django_capture_on_commit_callbacks() as callbacks:
+            result = handle(AddNoteTwice(first="one", second="two"), dry_run=True)
+    finally:
+        post_save.disconnect(on_commit_from_signal, sender=Note)
+
+    assert result.ok, result.problems
+    assert result.dry_run
+    assert len(result.jobs) == 2 and len(result.actions) == 1
+    assert callbacks == []
+    assert_nothing_stored()
+    assert not CommandRecord.objects.exists()
+    assert not CommandLock.objects.exclude(key="global").exists()
+
+
+@pytest.mark.django_db
+def test_dry_run_of_a_secondary_command_undoes_only_the_secondary(
+    django_capture_on_commit_callbacks,
+):
+    def preview(command):
+        Note.objects.create(text="kept")
+        trial = handle(AddNote(text="trial"), dry_run=True)
+        return [trial.ok, trial.dry_run, len(trial.jobs)]
+
+    commands.hooks["preview"] = preview
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        result = handle(RunHook(key="preview"))
+
+    assert result.ok, result.problems
+    assert result.value == [True, True, 1]
+    assert result.jobs == [] and result.actions == []
+    assert callbacks == []
+    assert list(Note.objects.values_list("text", flat=True)) == ["kept"]
+    assert not Job.objects.exists()
+    assert only_record().name == "tests.run_hook"
+
+
+@pytest.mark.django_db
+def test_dry_run_reports_problems():
+    result = handle(AddNote(text="forbidden"), dry_run=True)
+
+    assert result.outcome == REJECTED
+    assert [p.code for p in result.problems] == ["forbidden"]
+    assert not CommandRecord.objects.exists()
+
+
+@pytest.mark.django_db
+def test_dry_run_with_a_lock_of_its_own_leaves_no_lock_row():
+    assert handle(LockedNote(text="new"), dry_run=True).ok
+
+    assert not CommandLock.objects.filter(key="note:new").exists()
+    assert not Note.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_dry_run_inside_an_outer_atomic_leaves_nothing_after_commit():
+    with transaction.atomic():
+        Note.objects.create(text="outer")
+        assert handle(AddNoteTwice(first="one", second="two"), dry_run=True).ok
+
+    assert list(Note.objects.values_list("text", flat=True)) == ["outer"]
+    assert not Job.objects.exists()
+    assert not Action.objects.exists()
+    assert not CommandRecord.objects.exists()
+    assert not Run.objects.exists()
 
 
 def hold_until(started: list[str], inside: threading.Event, go: threading.Event):

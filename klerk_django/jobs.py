@@ -8,11 +8,12 @@ makes it durable, and a worker can only see it once committed.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from django.conf import settings as django_settings
 from django.db import transaction
@@ -20,7 +21,7 @@ from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from . import arguments, database, scope
+from . import arguments, database, retry, scope
 from .conf import settings
 from .exceptions import EnqueueOptionError, UnknownJob
 from .models import Job, JobStatus
@@ -30,7 +31,10 @@ logger = logging.getLogger(__name__)
 
 registry: Registry[JobFunction] = Registry("job function", UnknownJob)
 
-QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+# \Z, not $: "$" also matches before a final newline.
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}\Z")
+# Priority and attempt counts are 32-bit integer columns on every database.
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -185,14 +189,21 @@ def validate_options(options: JobOptions) -> JobOptions:
     """Return ``options`` or raise EnqueueOptionError naming the bad one."""
     if not isinstance(options.queue, str) or not QUEUE_NAME.match(options.queue):
         _bad("queue", options.queue, "1 to 100 letters, digits or _.:-")
-    if not _is_int(options.priority):
-        _bad("priority", options.priority, "an integer")
-    if not _is_int(options.max_attempts) or options.max_attempts < 1:
-        _bad("max_attempts", options.max_attempts, "an integer of at least 1")
+    if not _is_int(options.priority) or not INT_MIN <= options.priority <= INT_MAX:
+        _bad("priority", options.priority, f"an integer from {INT_MIN} to {INT_MAX}")
+    attempts = options.max_attempts
+    if not _is_int(attempts) or not 1 <= attempts <= INT_MAX:
+        _bad(
+            "max_attempts", attempts, f"an integer of at least 1 and at most {INT_MAX}"
+        )
     for option in ("backoff_base_seconds", "backoff_max_seconds"):
         value = getattr(options, option)
-        if not _is_number(value) or value < 0:
-            _bad(option, value, "a number of seconds, 0 or more")
+        if not _is_number(value) or not 0 <= value <= retry.MAX_DELAY_SECONDS:
+            _bad(
+                option,
+                value,
+                f"a number of seconds from 0 to {retry.MAX_DELAY_SECONDS:.0f}",
+            )
     _validate_start(options)
     return options
 
@@ -209,6 +220,8 @@ def _validate_start(options: JobOptions) -> None:
         _bad("run_after", run_after, "a datetime")
     if django_settings.USE_TZ and timezone.is_naive(run_after):
         _bad("run_after", run_after, "an aware datetime, since USE_TZ is on")
+    if not django_settings.USE_TZ and timezone.is_aware(run_after):
+        _bad("run_after", run_after, "a naive datetime, since USE_TZ is off")
 
 
 def _build(job_function: JobFunction, packed: dict[str, Any]) -> Job:
@@ -216,7 +229,10 @@ def _build(job_function: JobFunction, packed: dict[str, Any]) -> Job:
     now = database.python_now()
     run_after = options.run_after or now
     if options.delay is not None:
-        run_after = now + options.delay
+        try:
+            run_after = now + options.delay
+        except OverflowError:
+            _bad("delay", options.delay, "a delay that ends before the year 10000")
 
     current = scope.current()
     return Job(
@@ -308,9 +324,12 @@ def _default(value: Any, fallback: Any) -> Any:
 def _as_timedelta(value: timedelta | float) -> timedelta:
     if isinstance(value, timedelta):
         return value
-    if not _is_number(value):
-        _bad("delay", value, "a timedelta or a number of seconds")
-    return timedelta(seconds=value)
+    if not _is_number(value) or not math.isfinite(value):
+        _bad("delay", value, "a timedelta or a finite number of seconds")
+    try:
+        return timedelta(seconds=value)
+    except OverflowError:
+        _bad("delay", value, "a delay that ends before the year 10000")
 
 
 def _is_int(value: Any) -> bool:
@@ -321,7 +340,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _bad(option: str, value: Any, expected: str) -> None:
+def _bad(option: str, value: Any, expected: str) -> NoReturn:
     raise EnqueueOptionError(
         f"Job option {option!r} must be {expected}, got {value!r}.", option, value
     )

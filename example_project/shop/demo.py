@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from klerk_django import CommandResult, handle
 from klerk_django.actions import wait_for_actions
-from klerk_django.models import Action, Attempt, Job, JobStatus
+from klerk_django.models import Action, ActionStatus, Attempt, Job, JobStatus
 
 from .commands import PlaceOrder
 from .jobs import QUEUE
@@ -72,6 +72,8 @@ class Placed:
 
 @dataclass(frozen=True)
 class Summary:
+    """The counts the run ends with."""
+
     jobs: int
     succeeded: int
     retried: int
@@ -209,7 +211,9 @@ def report(placed: Placed, write: Write) -> Summary:
         retried=sum(job.attempts > 1 for job in jobs),
         scheduled=len(placed.scheduled_ids),
         actions=len(actions),
-        actions_succeeded=sum(action.status == "succeeded" for action in actions),
+        actions_succeeded=sum(
+            action.status == ActionStatus.SUCCEEDED for action in actions
+        ),
         rejected=placed.rejected,
     )
     write("")

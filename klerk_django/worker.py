@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -87,12 +88,50 @@ class Worker:
         self.stopping.set()
         self.wake.set()
 
+    def stop_on_signals(
+        self, signums: Sequence[int] = (signal.SIGTERM, signal.SIGINT)
+    ) -> None:
+        """Call ``stop`` for each of ``signums``; from the main thread only.
+
+        The handler only writes a byte to a pipe: it interrupts the main
+        thread anywhere, maybe while that holds a lock ``stop`` needs, so a
+        relay thread makes the call.
+        """
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+
+        def on_signal(signum: int, frame: object) -> None:
+            try:
+                os.write(write_end, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full of stops already
+
+        relay = threading.Thread(
+            target=self._relay_stops, args=(read_end,), name="klerk-signals"
+        )
+        relay.daemon = True
+        relay.start()
+        for signum in signums:
+            signal.signal(signum, on_signal)
+
+    def _relay_stops(self, read_end: int) -> None:
+        while True:
+            stops = os.read(read_end, 64)
+            if not stops:
+                return
+            for _ in stops:
+                self.stop()
+
     def run(self) -> int:
         """Run until stopped (or, in burst mode, until nothing is ready)."""
         self._register()
-        threads = [threading.Thread(target=self._maintain, name="klerk-maintenance", daemon=True)]
+        maintenance = threading.Thread(
+            target=self._maintain, name="klerk-maintenance", daemon=True
+        )
+        threads = [maintenance]
         if self.options.listen and notify.enabled():
-            threads.append(notify.Listener(self.wake.set, self.options.queues, self.stopping))
+            queues = self.options.queues
+            threads.append(notify.Listener(self.wake.set, queues, self.stopping))
         for thread in threads:
             thread.start()
 

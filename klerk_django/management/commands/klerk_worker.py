@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 from typing import Any
 
@@ -57,7 +56,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         worker = Worker(self._options(options))
-        self._install_signals(worker)
+        worker.stop_on_signals()
         _show_logs(int(options["verbosity"]))
 
         code = worker.run()
@@ -97,13 +96,6 @@ class Command(BaseCommand):
             grace_seconds=float(grace),
             listen=bool(settings.LISTEN),
         )
-
-    def _install_signals(self, worker: Worker) -> None:
-        def on_signal(signum: int, frame: Any) -> None:
-            worker.stop()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
 
 
 def _pick(value: Any, fallback: Any) -> Any:

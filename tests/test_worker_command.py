@@ -2,14 +2,75 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from django.core.management import CommandError, call_command
 
 from klerk_django.models import Worker as WorkerRecord
 from tests.workers import ROOT, start_worker, stop, worker_env
+
+BAD_OPTIONS = [
+    (["--concurrency", "0"], "--concurrency must be an integer of at least 1, got 0."),
+    (["--concurrency", "-3"], "--concurrency must be an integer of at least 1, got -3"),
+    (["--queue", "bad name!"], "--queue 'bad name!' is not a queue name"),
+    (["--queue", "ok,bad name!"], "--queue 'bad name!' is not a queue name"),
+    (["--poll-seconds", "0"], "--poll-seconds must be a number of seconds above 0"),
+    (["--poll-seconds", "-1"], "--poll-seconds must be a number of seconds above 0"),
+    (["--poll-seconds", "nan"], "above 0 and at most 86400, got nan."),
+    (["--poll-seconds", "inf"], "above 0 and at most 86400, got inf."),
+    (["--poll-seconds", "1e300"], "above 0 and at most 86400, got 1e+300."),
+    (["--grace-seconds", "-1"], "--grace-seconds must be a number of seconds, 0 or"),
+    (["--grace-seconds", "nan"], "--grace-seconds must be a number of seconds, 0 or"),
+]
+
+
+@pytest.mark.parametrize(("options", "message"), BAD_OPTIONS)
+def test_bad_option_is_a_command_error_naming_it(options, message):
+    with pytest.raises(CommandError, match=re.escape(message)):
+        call_command("klerk_worker", *options)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("KLERK_POLL_SECONDS", "soon", "KLERK_POLL_SECONDS must be a number of"),
+        ("KLERK_WORKER_CONCURRENCY", True, "KLERK_WORKER_CONCURRENCY must be an"),
+        ("KLERK_SHUTDOWN_GRACE_SECONDS", None, "KLERK_SHUTDOWN_GRACE_SECONDS must"),
+    ],
+)
+def test_bad_setting_is_a_command_error_naming_it(settings, setting, value, message):
+    setattr(settings, setting, value)
+
+    with pytest.raises(CommandError, match=re.escape(message)):
+        call_command("klerk_worker")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--concurrency", "0"],
+        ["--queue", "bad name!"],
+        ["--poll-seconds", "0"],
+        ["--concurrency", "many"],
+    ],
+)
+@pytest.mark.django_db
+def test_bad_option_exits_non_zero_with_the_message(options):
+    finished = subprocess.run(
+        [sys.executable, "-m", "django", "klerk_worker", *options],
+        cwd=ROOT,
+        env=worker_env(),
+        capture_output=True,
+        timeout=120,
+    )
+
+    assert finished.returncode != 0
+    assert options[0].encode() in finished.stderr
+    assert not WorkerRecord.objects.exists()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from typing import Any
@@ -12,6 +13,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from klerk_django.conf import settings
 from klerk_django.jobs import QUEUE_NAME
 from klerk_django.worker import Worker, WorkerOptions, queues_from
+
+# Longer waits overflow the platform's timeouts; a day is plenty.
+MAX_POLL_SECONDS = 86400.0
 
 
 class Command(BaseCommand):
@@ -77,15 +81,19 @@ class Command(BaseCommand):
                     "letters, digits or _.:-"
                 )
 
-        concurrency = _pick(options["concurrency"], settings.WORKER_CONCURRENCY)
-        if not isinstance(concurrency, int) or concurrency < 1:
-            raise CommandError(f"--concurrency must be 1 or more, got {concurrency!r}.")
-        poll = _pick(options["poll_seconds"], settings.POLL_SECONDS)
-        if poll <= 0:
-            raise CommandError(f"--poll-seconds must be above 0, got {poll!r}.")
-        grace = _pick(options["grace_seconds"], settings.SHUTDOWN_GRACE_SECONDS)
-        if grace < 0:
-            raise CommandError(f"--grace-seconds must be 0 or more, got {grace!r}.")
+        concurrency, source = _pick(options, "concurrency", "WORKER_CONCURRENCY")
+        if not _is_int(concurrency) or concurrency < 1:
+            raise _bad(source, concurrency, "an integer of at least 1")
+        poll, source = _pick(options, "poll_seconds", "POLL_SECONDS")
+        if not _is_number(poll) or not 0 < poll <= MAX_POLL_SECONDS:
+            raise _bad(
+                source,
+                poll,
+                f"a number of seconds above 0 and at most {MAX_POLL_SECONDS:.0f}",
+            )
+        grace, source = _pick(options, "grace_seconds", "SHUTDOWN_GRACE_SECONDS")
+        if not _is_number(grace) or grace < 0:
+            raise _bad(source, grace, "a number of seconds, 0 or more")
 
         return WorkerOptions(
             queues=queues,
@@ -98,8 +106,24 @@ class Command(BaseCommand):
         )
 
 
-def _pick(value: Any, fallback: Any) -> Any:
-    return fallback if value is None else value
+def _pick(options: dict[str, Any], option: str, setting: str) -> tuple[Any, str]:
+    """Return the option's value, or the setting's, and where it came from."""
+    if options[option] is None:
+        return getattr(settings, setting), f"KLERK_{setting}"
+    return options[option], "--" + option.replace("_", "-")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return numeric and not math.isnan(value)
+
+
+def _bad(source: str, value: Any, expected: str) -> CommandError:
+    return CommandError(f"{source} must be {expected}, got {value!r}.")
 
 
 def _show_logs(verbosity: int) -> None:

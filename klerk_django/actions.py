@@ -75,10 +75,8 @@ class ActionFunction:
         return action
 
 
-def action(
-    target: Callable[..., Any] | None = None, *, name: str | None = None
-) -> Any:
-    """Register a function as an action; use as ``@action`` or ``@action(...)``."""
+def action(target: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
+    """Register a function as an action: ``@action`` or ``@action(...)``."""
 
     def register(func: Callable[..., Any]) -> ActionFunction:
         action_name = name or f"{func.__module__}.{func.__qualname__}"
@@ -129,8 +127,10 @@ def _run_in_thread(action_id: int) -> None:
 def run(action_id: int) -> bool:
     """Claim and run one pending action; return False if it was not pending.
 
-    Never raises: an action's failure is recorded and logged, and stops
-    neither the caller nor the actions released after it.
+    An action's failure is recorded and logged, and stops neither the
+    caller nor the actions released after it. Only ``SystemExit`` and
+    ``KeyboardInterrupt`` go on after the failure is recorded, so that the
+    action never stays running.
     """
     try:
         claimed = _claim(action_id)
@@ -145,7 +145,7 @@ def run(action_id: int) -> bool:
         function = registry.get(claimed.name)
         args, kwargs = arguments.unpack(claimed.arguments)
         function.target(*args, **kwargs)
-    except Exception as exc:
+    except BaseException as exc:
         _finish(claimed, ActionStatus.FAILED, exc)
         logger.error(
             "action failed action_id=%s action=%s",
@@ -153,6 +153,8 @@ def run(action_id: int) -> bool:
             claimed.name,
             exc_info=True,
         )
+        if not isinstance(exc, Exception):
+            raise
     else:
         _finish(claimed, ActionStatus.SUCCEEDED, None)
         logger.info(
@@ -166,9 +168,7 @@ def run(action_id: int) -> bool:
 
 def _claim(action_id: int) -> Action | None:
     db = database.alias()
-    pending = Action.objects.using(db).filter(
-        pk=action_id, status=ActionStatus.PENDING
-    )
+    pending = Action.objects.using(db).filter(pk=action_id, status=ActionStatus.PENDING)
     if not pending.update(
         status=ActionStatus.RUNNING, started_at=database.python_now()
     ):
@@ -215,4 +215,3 @@ def run_orphans(limit: int = 100) -> int:
             ran += 1
     close_old_connections()
     return ran
-

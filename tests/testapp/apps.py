@@ -7,5 +7,5 @@ class TestAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Registered here, since autodiscovery only imports "jobs" modules.
-        from . import more_jobs  # noqa: F401
+        # Registered here: autodiscovery imports only "jobs" and "actions".
+        from . import more_actions, more_jobs  # noqa: F401

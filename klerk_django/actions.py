@@ -213,5 +213,9 @@ def run_orphans(limit: int = 100) -> int:
         if run(action_id):
             logger.warning("orphaned action run action_id=%s", action_id)
             ran += 1
-    close_old_connections()
+
+    # Inside a transaction, closing its connection would break it; the
+    # worker calls this between transactions.
+    if not database.connection().in_atomic_block:
+        close_old_connections()
     return ran

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import timedelta
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
+from django.utils import timezone
 
 from klerk_django import actions
 from klerk_django.models import Action, ActionStatus
@@ -177,3 +179,41 @@ def test_unknown_action_name_is_recorded_as_a_failure():
     stored = Action.objects.get(pk=gone.pk)
     assert stored.status == ActionStatus.FAILED
     assert "tests.gone" in stored.error
+
+
+def pending(key: str, age: timedelta, **fields) -> Action:
+    return Action.objects.create(
+        name="tests.note_action",
+        arguments={"args": [key], "kwargs": {}},
+        created_at=timezone.now() - age,
+        **fields,
+    )
+
+
+@pytest.mark.django_db
+def test_orphaned_pending_actions_are_run(settings):
+    settings.KLERK_ACTION_ORPHAN_SECONDS = 60
+    orphan = pending("orphan", timedelta(minutes=5))
+    young = pending("young", timedelta(seconds=1))
+    running = pending("running", timedelta(hours=1), status=ActionStatus.RUNNING)
+    done = pending("done", timedelta(hours=1), status=ActionStatus.SUCCEEDED)
+
+    assert actions.run_orphans() == 1
+
+    assert ran() == ["orphan"]
+    assert status(orphan) == ActionStatus.SUCCEEDED
+    assert status(young) == ActionStatus.PENDING
+    assert status(running) == ActionStatus.RUNNING
+    assert status(done) == ActionStatus.SUCCEEDED
+
+
+@pytest.mark.django_db
+def test_running_orphans_inside_a_transaction_leaves_it_usable():
+    pending("orphan", timedelta(hours=1))
+
+    with transaction.atomic():
+        assert actions.run_orphans() == 1
+        assert Action.objects.count() == 1
+
+    assert not connection.needs_rollback
+    assert ran() == ["orphan"]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from django.conf import settings as django_settings
 from django.core.checks import Error, Tags, Warning, register
 
 from .conf import DEFAULTS
+from .jobs import INT_MAX, QUEUE_NAME
+from .retry import MAX_DELAY_SECONDS
 
 POSITIVE_SECONDS = (
     "KLERK_LEASE_SECONDS",
@@ -21,11 +24,13 @@ NON_NEGATIVE = (
     "KLERK_SHUTDOWN_GRACE_SECONDS",
     "KLERK_ACTION_ORPHAN_SECONDS",
 )
-POSITIVE_INTEGERS = (
-    "KLERK_MAX_ATTEMPTS",
-    "KLERK_WORKER_CONCURRENCY",
-    "KLERK_ACTION_THREADS",
-)
+# The most that each positive integer may be: attempts are a 32-bit column.
+POSITIVE_INTEGERS = {
+    "KLERK_MAX_ATTEMPTS": INT_MAX,
+    "KLERK_WORKER_CONCURRENCY": None,
+    "KLERK_ACTION_THREADS": None,
+}
+LONGEST = f"{MAX_DELAY_SECONDS:.0f}"
 
 
 def _value(name: str) -> Any:
@@ -36,23 +41,41 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_seconds(value: Any, low: float) -> bool:
+    # A duration must be added to "now" without leaving the calendar.
+    return (
+        _is_number(value) and math.isfinite(value) and low <= value <= MAX_DELAY_SECONDS
+    )
+
+
 @register(Tags.compatibility)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     errors = []
     for name in POSITIVE_SECONDS:
         value = _value(name)
-        if not _is_number(value) or value <= 0:
-            errors.append(_error(name, value, "a number of seconds above 0", "E001"))
+        if not _is_seconds(value, 0) or value == 0:
+            expected = f"a number of seconds above 0 and at most {LONGEST}"
+            errors.append(_error(name, value, expected, "E001"))
     for name in NON_NEGATIVE:
         value = _value(name)
-        if not _is_number(value) or value < 0:
-            errors.append(_error(name, value, "a number of seconds, 0 or more", "E002"))
-    for name in POSITIVE_INTEGERS:
+        if not _is_seconds(value, 0):
+            expected = f"a number of seconds from 0 to {LONGEST}"
+            errors.append(_error(name, value, expected, "E002"))
+    for name, most in POSITIVE_INTEGERS.items():
         value = _value(name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            errors.append(_error(name, value, "an integer of at least 1", "E003"))
+        if not _is_int(value) or value < 1 or (most and value > most):
+            expected = (
+                f"an integer from 1 to {most}" if most else "an integer of at least 1"
+            )
+            errors.append(_error(name, value, expected, "E003"))
 
     errors += _check_choices()
+    errors += _check_backoff_factor()
+    errors += _check_queue()
     errors += _check_lease()
     return errors
 
@@ -70,7 +93,7 @@ def _check_choices() -> list[Error]:
             _error("KLERK_BACKOFF_JITTER", jitter, "a number from 0 to 1", "E005")
         )
     limit = _value("KLERK_MAX_ARGUMENTS_BYTES")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
+    if limit is not None and (not _is_int(limit) or limit < 1):
         errors.append(
             _error(
                 "KLERK_MAX_ARGUMENTS_BYTES", limit, "None or a positive integer", "E006"
@@ -84,9 +107,27 @@ def _check_choices() -> list[Error]:
     return errors
 
 
+def _check_backoff_factor() -> list[Error]:
+    factor = _value("KLERK_BACKOFF_FACTOR")
+    if _is_number(factor) and math.isfinite(factor) and factor >= 1:
+        return []
+    expected = "a finite number of at least 1"
+    return [_error("KLERK_BACKOFF_FACTOR", factor, expected, "E009")]
+
+
+def _check_queue() -> list[Error]:
+    queue = _value("KLERK_DEFAULT_QUEUE")
+    if isinstance(queue, str) and QUEUE_NAME.match(queue):
+        return []
+    expected = "a queue name of 1 to 100 letters, digits or _.:-"
+    return [_error("KLERK_DEFAULT_QUEUE", queue, expected, "E010")]
+
+
 def _check_lease() -> list[Error]:
     lease, heartbeat = _value("KLERK_LEASE_SECONDS"), _value("KLERK_HEARTBEAT_SECONDS")
-    if _is_number(lease) and _is_number(heartbeat) and heartbeat * 2 > lease:
+    if not (_is_seconds(lease, 0) and _is_seconds(heartbeat, 0)) or lease == 0:
+        return []
+    if heartbeat * 2 > lease:
         return [
             Error(
                 f"KLERK_HEARTBEAT_SECONDS ({heartbeat!r}) must be at most half of "

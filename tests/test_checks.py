@@ -1,0 +1,93 @@
+"""System checks: every unusable KLERK_* setting is reported at start-up."""
+
+from __future__ import annotations
+
+import pytest
+from django.conf import settings as django_settings
+from django.core.checks import run_checks
+
+NAN, INF = float("nan"), float("inf")
+
+INVALID = [
+    ("KLERK_LEASE_SECONDS", 0, "E001"),
+    ("KLERK_LEASE_SECONDS", -5, "E001"),
+    ("KLERK_LEASE_SECONDS", NAN, "E001"),
+    ("KLERK_LEASE_SECONDS", INF, "E001"),
+    ("KLERK_HEARTBEAT_SECONDS", "1", "E001"),
+    ("KLERK_RECOVERY_SECONDS", None, "E001"),
+    ("KLERK_POLL_SECONDS", 1e300, "E001"),
+    ("KLERK_POLL_SECONDS", True, "E001"),
+    ("KLERK_BACKOFF_BASE_SECONDS", -1, "E002"),
+    ("KLERK_BACKOFF_BASE_SECONDS", NAN, "E002"),
+    ("KLERK_BACKOFF_MAX_SECONDS", INF, "E002"),
+    ("KLERK_BACKOFF_MAX_SECONDS", 1e12, "E002"),
+    ("KLERK_SHUTDOWN_GRACE_SECONDS", NAN, "E002"),
+    ("KLERK_ACTION_ORPHAN_SECONDS", -0.5, "E002"),
+    ("KLERK_MAX_ATTEMPTS", 0, "E003"),
+    ("KLERK_MAX_ATTEMPTS", 2.0, "E003"),
+    ("KLERK_MAX_ATTEMPTS", 2**31, "E003"),
+    ("KLERK_WORKER_CONCURRENCY", True, "E003"),
+    ("KLERK_ACTION_THREADS", 0, "E003"),
+    ("KLERK_ACTIONS_MODE", "eager", "E004"),
+    ("KLERK_BACKOFF_JITTER", 1.5, "E005"),
+    ("KLERK_BACKOFF_JITTER", NAN, "E005"),
+    ("KLERK_MAX_ARGUMENTS_BYTES", 0, "E006"),
+    ("KLERK_MAX_ARGUMENTS_BYTES", True, "E006"),
+    ("KLERK_MAX_ARGUMENTS_BYTES", 1.5, "E006"),
+    ("KLERK_DATABASE", "missing", "E007"),
+    ("KLERK_BACKOFF_FACTOR", 0.5, "E009"),
+    ("KLERK_BACKOFF_FACTOR", NAN, "E009"),
+    ("KLERK_BACKOFF_FACTOR", INF, "E009"),
+    ("KLERK_BACKOFF_FACTOR", "3", "E009"),
+    ("KLERK_DEFAULT_QUEUE", "no spaces", "E010"),
+    ("KLERK_DEFAULT_QUEUE", "default\n", "E010"),
+    ("KLERK_DEFAULT_QUEUE", None, "E010"),
+]
+
+
+def klerk_messages() -> list:
+    return [m for m in run_checks() if m.id.startswith("klerk_django.")]
+
+
+def test_default_settings_pass_every_check():
+    assert klerk_messages() == []
+
+
+@pytest.mark.parametrize("name, value, code", INVALID)
+def test_invalid_setting_is_an_error_naming_it(settings, name, value, code):
+    setattr(settings, name, value)
+
+    messages = klerk_messages()
+
+    assert [m.id for m in messages] == [f"klerk_django.{code}"]
+    assert name in messages[0].msg
+    assert repr(value) in messages[0].msg
+
+
+def test_heartbeat_longer_than_half_the_lease_is_an_error(settings):
+    settings.KLERK_LEASE_SECONDS = 10.0
+    settings.KLERK_HEARTBEAT_SECONDS = 6.0
+
+    assert [m.id for m in klerk_messages()] == ["klerk_django.E008"]
+
+
+def test_valid_edge_values_pass(settings):
+    settings.KLERK_BACKOFF_BASE_SECONDS = 0
+    settings.KLERK_BACKOFF_JITTER = 1
+    settings.KLERK_BACKOFF_FACTOR = 1
+    settings.KLERK_MAX_ARGUMENTS_BYTES = None
+    settings.KLERK_MAX_ATTEMPTS = 1
+
+    assert klerk_messages() == []
+
+
+def test_jobs_on_another_database_alias_are_a_warning(settings, monkeypatch):
+    databases = dict(django_settings.DATABASES)
+    databases["jobs"] = dict(databases["default"])
+    monkeypatch.setattr(django_settings, "DATABASES", databases)
+    settings.KLERK_DATABASE = "jobs"
+
+    messages = klerk_messages()
+
+    assert [m.id for m in messages] == ["klerk_django.W001"]
+    assert "'jobs'" in messages[0].msg

@@ -14,6 +14,9 @@ from .exceptions import RegistryConflict
 
 T = TypeVar("T")
 
+# Names are stored in 200-character columns of jobs, actions and records.
+MAX_NAME_LENGTH = 200
+
 
 class Registry(Generic[T]):
     def __init__(self, kind: str, missing: Callable[[str], Exception]) -> None:
@@ -22,11 +25,27 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
 
     def add(self, name: str, entry: T, identity: object) -> None:
-        """Register ``entry``; re-registering the same code is harmless."""
+        """Register ``entry``; re-registering the same code is harmless.
+
+        Raises ValueError for a name the database cannot store, and
+        RegistryConflict for a name that other code already holds.
+        """
+        self._check_name(name)
         existing = self._entries.get(name)
         if existing is not None and _identity(existing) != _identity_of(identity):
             raise RegistryConflict(self.kind, name)
         self._entries[name] = entry
+
+    def _check_name(self, name: object) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(
+                f"A {self.kind} name must be a non-empty string, got {name!r}."
+            )
+        if len(name) > MAX_NAME_LENGTH or "\x00" in name:
+            raise ValueError(
+                f"The {self.kind} name {name!r} cannot be stored: names hold at "
+                f"most {MAX_NAME_LENGTH} characters and no NUL character."
+            )
 
     def get(self, name: str) -> T:
         try:

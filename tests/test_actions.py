@@ -10,7 +10,7 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
-from klerk_django import actions
+from klerk_django import action, actions
 from klerk_django.models import Action, ActionStatus
 from tests.testapp import threads
 from tests.testapp.actions import broken_action, note_action
@@ -217,3 +217,11 @@ def test_running_orphans_inside_a_transaction_leaves_it_usable():
 
     assert not connection.needs_rollback
     assert ran() == ["orphan"]
+
+
+def test_action_name_longer_than_its_column_is_refused():
+    def undecorated() -> None:
+        """Never registered: its name is too long."""
+
+    with pytest.raises(ValueError, match="at most 200 characters"):
+        action(name="a" * 201)(undecorated)

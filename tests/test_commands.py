@@ -11,7 +11,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models.signals import post_save
 from django.test.utils import CaptureQueriesContext
 
-from klerk_django import Problem, Rejected, handle, jobs
+from klerk_django import Command, Problem, Rejected, handle, jobs
 from klerk_django.models import Action, CommandLock, CommandRecord, Job
 from tests.testapp import commands, threads
 from tests.testapp.actions import note_action
@@ -502,3 +502,10 @@ def test_handle_locks_the_lock_row_with_select_for_update():
         assert any("FOR UPDATE" in sql for sql in locking), locking
     else:
         assert locking, "SQLite takes its write lock with an UPDATE"
+
+
+def test_command_name_longer_than_its_column_is_refused():
+    with pytest.raises(ValueError, match="at most 200 characters"):
+
+        class TooLong(Command):
+            name = "c" * 201

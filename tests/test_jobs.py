@@ -146,6 +146,15 @@ def test_job_decorator_checks_its_options():
         job(name="tests.never", queue="no spaces")(undecorated)
 
 
+@pytest.mark.parametrize("name", ["x" * 201, "bad\x00name", "   "])
+def test_job_name_the_database_cannot_store_is_refused(name):
+    def undecorated() -> None:
+        """Never registered: its name is refused."""
+
+    with pytest.raises(ValueError, match="name"):
+        job(name=name)(undecorated)
+
+
 @pytest.mark.django_db
 def test_one_attempt_runs_exactly_once_and_ends_failed():
     job = once.enqueue("only")

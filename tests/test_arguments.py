@@ -10,11 +10,11 @@ from datetime import timezone as dt_timezone
 import pytest
 from django.db import transaction
 
-from klerk_django import arguments, leases
+from klerk_django import arguments, attempts, leases
 from klerk_django.exceptions import ArgumentError
 from klerk_django.models import Action, Job
 from tests.testapp.actions import note_action
-from tests.testapp.more_jobs import noop
+from tests.testapp.more_jobs import noop, odd_error, odd_result
 
 WORKER = uuid.UUID(int=7)
 
@@ -336,3 +336,28 @@ def test_scrubbed_values_are_stored_by_every_database():
     job.refresh_from_db()
     assert job.result["text"] == "\\u0000 \\x00 \\ud800"
     assert job.result["nan"] == "nan"
+
+
+@pytest.mark.django_db
+def test_job_with_an_odd_result_ends_succeeded():
+    stored = odd_result.enqueue()
+
+    assert attempts.run(claim_one(), WORKER) == "succeeded"
+
+    stored.refresh_from_db()
+    assert stored.result == {
+        "nul": "a\\x00b",
+        "escaped": "\\u0000",
+        "nan": "nan",
+        "key\\x00": 1,
+    }
+
+
+@pytest.mark.django_db
+def test_job_with_an_odd_error_ends_failed():
+    stored = odd_error.enqueue()
+
+    assert attempts.run(claim_one(), WORKER) == "failed"
+
+    stored.refresh_from_db()
+    assert stored.last_error == "RuntimeError: bad \\x00 byte \\ud800"

@@ -31,3 +31,14 @@ def once(key: str) -> None:
 def four_times(key: str) -> None:
     _mark("four_times", key)
     raise RuntimeError(f"failing every attempt: {key}")
+
+
+@job(name="tests.odd_result")
+def odd_result() -> dict:
+    """Return what no database stores as it is."""
+    return {"nul": "a\x00b", "escaped": "\\u0000", "nan": float("nan"), "key\x00": 1}
+
+
+@job(name="tests.odd_error", max_attempts=1)
+def odd_error() -> None:
+    raise RuntimeError("bad \x00 byte \ud800")

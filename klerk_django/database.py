@@ -1,10 +1,11 @@
 """What the job tables need from each database: its clock and write lock.
 
 Run times are compared in one clock. On PostgreSQL, and on MySQL or MariaDB
-with ``USE_TZ = True``, that is the database server's clock, so workers on
-machines with skewed clocks agree. SQLite is embedded, so the machine's
-clock is the database's; MySQL with ``USE_TZ = False`` stores local wall
-time that the server cannot know, so Django's clock is used there too.
+storing UTC (``USE_TZ = True`` and no ``TIME_ZONE`` for the database), that
+is the database server's clock, so workers on machines with skewed clocks
+agree. SQLite is embedded, so the machine's clock is the database's; MySQL
+storing local wall time (``USE_TZ = False``, or a database ``TIME_ZONE``)
+keeps a zone the server cannot know, so Django's clock is used there too.
 """
 
 from __future__ import annotations
@@ -45,9 +46,13 @@ class DatabaseNow(Func):
 
 
 def uses_database_clock(conn: BaseDatabaseWrapper) -> bool:
+    """Return whether run times are compared with the server's clock."""
     if conn.vendor == "postgresql":
         return True
-    return conn.vendor == "mysql" and bool(settings.USE_TZ)
+    # UTC_TIMESTAMP() matches stored times only when they are stored in UTC.
+    return (
+        conn.vendor == "mysql" and bool(settings.USE_TZ) and conn.timezone_name == "UTC"
+    )
 
 
 def now(conn: BaseDatabaseWrapper | None = None) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -386,13 +387,31 @@ def _separate_database_url() -> str:
     return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "_tz"))
 
 
+def _database_in(zone: str, folder) -> dict:
+    """Return DATABASES for a test run whose database keeps local times."""
+    from example_project import database_url
+
+    url = _separate_database_url() or f"sqlite:///{folder / 'zone.sqlite3'}"
+    entry = database_url.parse(url, ROOT)
+    entry["TIME_ZONE"] = zone
+    if url.startswith("sqlite"):
+        entry["TEST"] = {"NAME": entry["NAME"]}
+    return {"default": entry}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("use_tz", ["0", "1"])
-def test_due_jobs_are_found_in_berlin_with_and_without_use_tz(use_tz):
+@pytest.mark.parametrize(
+    "use_tz, database_zone",
+    [("0", None), ("1", None), ("1", "Europe/Berlin")],
+    ids=["naive", "aware", "aware-database-in-berlin"],
+)
+def test_due_jobs_are_found_in_berlin(use_tz, database_zone, tmp_path):
+    overrides = {"DATABASES": _database_in(database_zone, tmp_path)}
     env = dict(
         os.environ,
         KLERK_TEST_USE_TZ=use_tz,
         KLERK_TEST_TIME_ZONE="Europe/Berlin",
+        KLERK_TEST_SETTINGS=json.dumps(overrides if database_zone else {}),
         DATABASE_URL=_separate_database_url(),
     )
     selected = "test_due_job_is_claimed_and_later_job_is_not_in_this_time_zone"

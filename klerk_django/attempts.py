@@ -11,10 +11,12 @@ queue. A job never stays running because its outcome was lost.
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,11 +53,17 @@ def current_job() -> JobContext | None:
     return _context.get()
 
 
-def run(claimed: ClaimedJob, worker_id: uuid.UUID) -> str:
+def run(
+    claimed: ClaimedJob,
+    worker_id: uuid.UUID,
+    on_ended: Callable[[], None] | None = None,
+) -> str:
     """Run one attempt of ``claimed`` and record it; return the job's status.
 
-    Returns an empty string when the outcome could not be recorded, because
-    the lease was lost or the database stayed unreachable.
+    ``on_ended`` is called when the job function has returned or raised,
+    before the outcome is written. Returns an empty string when the outcome
+    could not be recorded, because the lease was lost or the database stayed
+    unreachable.
     """
     context = JobContext(
         claimed.id, claimed.name, claimed.attempt, claimed.max_attempts, worker_id
@@ -73,11 +81,14 @@ def run(claimed: ClaimedJob, worker_id: uuid.UUID) -> str:
     finally:
         _context.reset(token)
     duration_ms = (time.monotonic() - started) * 1000
+    if on_ended is not None:
+        on_ended()
 
     if outcome is None:
-        status = _record(claimed, worker_id, lambda: _succeed(claimed, worker_id, result))
+        write = functools.partial(_succeed, claimed, worker_id, result)
     else:
-        status = _record(claimed, worker_id, lambda: _fail(claimed, worker_id, outcome))
+        write = functools.partial(_fail, claimed, worker_id, outcome)
+    status = _record(claimed, worker_id, write)
     _log(claimed, worker_id, status, duration_ms, outcome)
     return status
 
@@ -241,9 +252,8 @@ def _log(
     if status == JobStatus.SUCCEEDED:
         logger.info("job succeeded " + suffix, *fields)
     elif status == JobStatus.READY:
-        logger.warning(
-            "job failed, will retry " + suffix + " error=%s", *fields, failure and failure.error
-        )
+        error = failure.error if failure else ""
+        logger.warning("job failed, will retry " + suffix + " error=%s", *fields, error)
     elif status == JobStatus.FAILED:
         logger.error(
             "job failed for good " + suffix,

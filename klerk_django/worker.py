@@ -63,6 +63,9 @@ class Worker:
         self.drained = threading.Event()
         self.wake = threading.Event()
         self.running: dict[int, ClaimedJob] = {}
+        # Jobs whose outcome is being written: a lease found gone then was
+        # most likely ended by that write, not lost.
+        self.ending: set[int] = set()
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(
             max_workers=options.concurrency, thread_name_prefix="klerk-job"
@@ -182,7 +185,7 @@ class Worker:
 
     def _execute(self, job: ClaimedJob) -> None:
         try:
-            attempts.run(job, self.id)
+            attempts.run(job, self.id, on_ended=lambda: self._ending(job))
         except Exception:
             logger.exception(
                 "attempt crashed job_id=%s job=%s attempt=%s worker=%s",
@@ -193,7 +196,10 @@ class Worker:
             )
         finally:
             with self.lock:
-                self.running.pop(job.id, None)
+                # A stale attempt must not drop a newer one of the same job.
+                if self.running.get(job.id) is job:
+                    del self.running[job.id]
+                self.ending.discard(job.id)
                 self.jobs_done += 1
             database.connection().close_if_unusable_or_obsolete()
             self.wake.set()
@@ -235,10 +241,18 @@ class Worker:
             finally:
                 close_old_connections()
 
+    def _ending(self, job: ClaimedJob) -> None:
+        with self.lock:
+            self.ending.add(job.id)
+
     def _heartbeat(self) -> None:
         with self.lock:
             held = list(self.running)
         lost = leases.renew(self.id, held)
+
+        with self.lock:
+            lost = {job_id for job_id in lost if job_id in self.running}
+            lost -= self.ending
         for job_id in lost:
             logger.warning("lease lost job_id=%s worker=%s", job_id, self.id)
         WorkerRecord.objects.using(database.alias()).filter(pk=self.id).update(

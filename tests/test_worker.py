@@ -263,3 +263,17 @@ def test_scheduled_job_does_not_run_before_its_time():
         wait_for(lambda: status(later) == JobStatus.SUCCEEDED)
     later.refresh_from_db()
     assert Run.objects.get(key="later").created_at >= later.run_after
+
+
+@pytest.mark.django_db(transaction=True)
+def test_jobs_finishing_during_a_heartbeat_are_not_reported_lost(tmp_path):
+    log = tmp_path / "worker.log"
+    for n in range(150):
+        record.enqueue(f"beat-{n}")
+
+    # Heartbeats this frequent overlap with many jobs' last moments.
+    fast_beats = {"KLERK_HEARTBEAT_SECONDS": 0.01}
+    with running_worker("--concurrency", "4", settings=fast_beats, log=log):
+        wait_for(lambda: Job.objects.filter(status="succeeded").count() == 150)
+
+    assert "lease lost" not in log.read_text()

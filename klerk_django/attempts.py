@@ -90,7 +90,7 @@ def run(
         write = functools.partial(_fail, claimed, worker_id, outcome)
     status = _record(claimed, worker_id, write)
     _log(claimed, worker_id, status, duration_ms, outcome)
-    return status
+    return status or ""
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,11 @@ class _Failure:
         return arguments.scrub_text(self.text)
 
 
-def _record(claimed: ClaimedJob, worker_id: uuid.UUID, write: Any) -> str:
+def _record(claimed: ClaimedJob, worker_id: uuid.UUID, write: Any) -> str | None:
+    """Write the outcome; return the new status, "" if the lease was lost.
+
+    Returns None, after logging why, when the database stayed unreachable.
+    """
     delay = 0.5
     for attempt in range(1, RECORD_TRIES + 1):
         try:
@@ -136,7 +140,7 @@ def _record(claimed: ClaimedJob, worker_id: uuid.UUID, write: Any) -> str:
         claimed.attempt,
         worker_id,
     )
-    return ""
+    return None
 
 
 def _is_refused_value(exc: DatabaseError) -> bool:
@@ -243,7 +247,7 @@ def _add_attempt(
 def _log(
     claimed: ClaimedJob,
     worker_id: uuid.UUID,
-    status: str,
+    status: str | None,
     duration_ms: float,
     failure: _Failure | None,
 ) -> None:
@@ -260,5 +264,5 @@ def _log(
             *fields,
             exc_info=failure.exc if failure else None,
         )
-    else:
+    elif status == "":
         logger.warning("job outcome not recorded, lease lost " + suffix, *fields)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import DatabaseError, DataError, IntegrityError, transaction
+from django.db import DataError, Error, IntegrityError, transaction
 
 from . import arguments, database, leases
 from .jobs import get_job_function
@@ -116,7 +116,7 @@ def _record(claimed: ClaimedJob, worker_id: uuid.UUID, write: Any) -> str | None
     for attempt in range(1, RECORD_TRIES + 1):
         try:
             return str(write())
-        except DatabaseError as exc:
+        except Error as exc:
             if _is_refused_value(exc):
                 return _fail_plainly(claimed, worker_id, exc)
             logger.warning(
@@ -129,7 +129,7 @@ def _record(claimed: ClaimedJob, worker_id: uuid.UUID, write: Any) -> str | None
                 attempt,
                 type(exc).__name__,
             )
-            database.connection().close()
+            _drop_connection()
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
     logger.error(
@@ -143,7 +143,15 @@ def _record(claimed: ClaimedJob, worker_id: uuid.UUID, write: Any) -> str | None
     return None
 
 
-def _is_refused_value(exc: DatabaseError) -> bool:
+def _drop_connection() -> None:
+    """Close the jobs' connection after an error; a broken one may raise."""
+    try:
+        database.connection().close()
+    except Error:
+        logger.debug("broken connection not closed cleanly", exc_info=True)
+
+
+def _is_refused_value(exc: Error) -> bool:
     return isinstance(exc, (DataError, IntegrityError))
 
 
@@ -177,7 +185,7 @@ def _fail(claimed: ClaimedJob, worker_id: uuid.UUID, failure: _Failure) -> str:
 
 
 def _fail_plainly(
-    claimed: ClaimedJob, worker_id: uuid.UUID, exc: DatabaseError
+    claimed: ClaimedJob, worker_id: uuid.UUID, exc: Error
 ) -> str:
     error = (
         f"The outcome of attempt {claimed.attempt} could not be stored "
@@ -193,7 +201,7 @@ def _fail_plainly(
     )
     try:
         return _write_failure(claimed, worker_id, error, "")
-    except DatabaseError:
+    except Error:
         logger.exception("plain failure not recorded job_id=%s", claimed.id)
         return ""
 

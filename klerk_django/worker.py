@@ -12,8 +12,9 @@ given, so a restarted worker never passes for the one that died. Threads:
   orphaned actions;
 * on PostgreSQL, a listener thread turns notifications into wake-ups.
 
-A database error in any of them is logged, the connection is dropped and
-the step is retried with backoff; it never ends the process.
+A database error in any of them (``django.db.Error``: a closed connection
+raises InterfaceError, which is no DatabaseError) is logged, the connection
+is dropped and the step is retried with backoff; it never ends the process.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from django.db import DatabaseError, close_old_connections
+from django.db import Error, close_old_connections
 
 from . import actions, attempts, database, leases, notify
 from .conf import settings
@@ -155,7 +156,7 @@ class Worker:
             try:
                 claimed = self._claim(free)
                 failures = 0
-            except DatabaseError as exc:
+            except Error as exc:
                 failures += 1
                 self._back_off("claim", exc, failures, self.stopping)
                 continue
@@ -185,6 +186,9 @@ class Worker:
 
     def _execute(self, job: ClaimedJob) -> None:
         try:
+            # This thread's connections may have idled past CONN_MAX_AGE,
+            # or the server's own timeout, since its last job.
+            close_old_connections()
             attempts.run(job, self.id, on_ended=lambda: self._ending(job))
         except Exception:
             logger.exception(
@@ -201,8 +205,8 @@ class Worker:
                     del self.running[job.id]
                 self.ending.discard(job.id)
                 self.jobs_done += 1
-            database.connection().close_if_unusable_or_obsolete()
             self.wake.set()
+            _close_broken_connections()
 
     def _back_off(
         self, step: str, exc: Exception, failures: int, until: threading.Event
@@ -215,7 +219,7 @@ class Worker:
             type(exc).__name__,
             delay,
         )
-        database.connection().close()
+        _drop_connection()
         until.wait(delay)
 
     def _maintain(self) -> None:
@@ -235,11 +239,11 @@ class Worker:
                     self._recover()
                     next_recovery = time.monotonic() + recovery
                 failures = 0
-            except DatabaseError as exc:
+            except Error as exc:
                 failures += 1
                 self._back_off("maintenance", exc, failures, self.drained)
             finally:
-                close_old_connections()
+                _close_broken_connections()
 
     def _ending(self, job: ClaimedJob) -> None:
         with self.lock:
@@ -278,7 +282,7 @@ class Worker:
                     concurrency=self.options.concurrency,
                 )
                 break
-            except DatabaseError as exc:
+            except Error as exc:
                 failures += 1
                 self._back_off("register", exc, failures, self.stopping)
                 if self.stopping.is_set():
@@ -307,7 +311,7 @@ class Worker:
         if left:
             try:
                 leases.interrupt(self.id, left, "the worker stopped before it ended")
-            except DatabaseError:
+            except Error:
                 logger.exception("jobs not released worker=%s", self.id)
         self.pool.shutdown(wait=False, cancel_futures=True)
         return len(left)
@@ -317,10 +321,26 @@ class Worker:
             WorkerRecord.objects.using(database.alias()).filter(pk=self.id).update(
                 stopped_at=database.now()
             )
-        except DatabaseError:
+        except Error:
             logger.warning("worker stop not recorded worker=%s", self.id)
         logger.info("worker stopped worker=%s jobs=%s", self.id, self.jobs_done)
         actions.wait_for_actions()
+
+
+def _drop_connection() -> None:
+    """Close the jobs' connection after an error; a broken one may raise."""
+    try:
+        database.connection().close()
+    except Error:
+        logger.debug("broken connection not closed cleanly", exc_info=True)
+
+
+def _close_broken_connections() -> None:
+    """Close this thread's unusable or expired connections, quietly."""
+    try:
+        close_old_connections()
+    except Error:
+        logger.debug("broken connection not closed cleanly", exc_info=True)
 
 
 def queues_from(values: Sequence[str]) -> tuple[str, ...]:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import signal
+import time
 import uuid
 from datetime import timedelta
 
 import pytest
+from django.db import InterfaceError, OperationalError
 from django.db.models import F
 from django.utils import timezone
 
+from klerk_django import attempts, leases
 from klerk_django.models import Attempt, Job, JobStatus
 from klerk_django.models import Worker as WorkerRecord
+from klerk_django.worker import Worker, WorkerOptions
+from tests import faults
 from tests.testapp.jobs import crash, hang, record, sleep
 from tests.testapp.models import Run
 from tests.workers import running_worker, start_worker, stop, wait_for
@@ -277,3 +282,80 @@ def test_jobs_finishing_during_a_heartbeat_are_not_reported_lost(tmp_path):
         wait_for(lambda: Job.objects.filter(status="succeeded").count() == 150)
 
     assert "lease lost" not in log.read_text()
+
+
+@pytest.mark.parametrize(
+    "persistent",
+    [
+        pytest.param({}, id="closed-after-use"),
+        pytest.param(
+            {"CONN_MAX_AGE": None, "CONN_HEALTH_CHECKS": True}, id="health-checked"
+        ),
+        pytest.param({"CONN_MAX_AGE": 1}, id="aged-out"),
+    ],
+)
+@pytest.mark.django_db(transaction=True)
+def test_worker_survives_the_server_ending_its_sessions(vendor, persistent):
+    if vendor == "sqlite":
+        pytest.skip("SQLite has no server sessions to end")
+    label = faults.new_label()
+    settings = {**faults.labelled(label, **persistent), "KLERK_POLL_SECONDS": 0.2}
+    before = record.enqueue("before")
+
+    with running_worker("--concurrency", "2", settings=settings) as process:
+        wait_for(lambda: status(before) == JobStatus.SUCCEEDED)
+        ended = faults.sessions(label)
+        assert ended
+        faults.end_sessions(ended)
+        if persistent.get("CONN_MAX_AGE"):
+            time.sleep(persistent["CONN_MAX_AGE"] + 0.5)
+
+        after = record.using(max_attempts=1).enqueue("after")
+        wait_for(lambda: Job.objects.get(pk=after.pk).is_final)
+        assert process.poll() is None
+
+    assert outcomes(after) == [(1, "succeeded")]
+
+
+@pytest.mark.parametrize("error", [InterfaceError, OperationalError])
+@pytest.mark.django_db(transaction=True)
+def test_claim_that_loses_its_connection_is_retried(monkeypatch, error):
+    job = record.enqueue("reclaimed")
+    claim = leases.claim
+    failures = []
+
+    def flaky(*args):
+        if not failures:
+            failures.append(error)
+            raise error("connection already closed")
+        return claim(*args)
+
+    monkeypatch.setattr(leases, "claim", flaky)
+    worker = Worker(WorkerOptions(burst=True, concurrency=1, listen=False))
+
+    assert worker.run() == 0
+
+    assert failures == [error]
+    assert status(job) == JobStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize("error", [InterfaceError, OperationalError])
+@pytest.mark.django_db(transaction=True)
+def test_outcome_write_that_loses_its_connection_is_retried(monkeypatch, error):
+    job = record.enqueue("rewritten")
+    succeed = attempts._succeed
+    failures = []
+
+    def flaky(*args):
+        if not failures:
+            failures.append(error)
+            raise error("connection already closed")
+        return succeed(*args)
+
+    monkeypatch.setattr(attempts, "_succeed", flaky)
+    worker = Worker(WorkerOptions(burst=True, concurrency=1, listen=False))
+
+    assert worker.run() == 0
+
+    assert failures == [error]
+    assert outcomes(job) == [(1, "succeeded")]

@@ -9,6 +9,7 @@ or a pooler that drops LISTEN, only delays a job by the poll interval.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -48,32 +49,59 @@ class Listener(threading.Thread):
         self.stopping = stopping
 
     def run(self) -> None:
-        delay = 1.0
+        self.delay = 1.0
         while not self.stopping.is_set():
             try:
                 self._listen()
-                delay = 1.0
+            except NotifyTimeoutMissing:
+                logger.error(
+                    "listening needs psycopg 3.2 or later, polling only "
+                    "version=%s",
+                    _psycopg_version(),
+                )
+                return
             except Exception as exc:
                 logger.warning(
-                    "listener lost its connection, polling meanwhile error=%s",
+                    "listener lost its connection, polling meanwhile error=%s "
+                    "delay_s=%.0f",
                     type(exc).__name__,
+                    self.delay,
                 )
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 30.0)
+                self.stopping.wait(self.delay)
+                self.delay = min(self.delay * 2, 30.0)
 
     def _listen(self) -> None:
         wrapper = database.connection()
         conn = wrapper.get_new_connection(wrapper.get_connection_params())
         try:
+            if "timeout" not in inspect.signature(conn.notifies).parameters:
+                raise NotifyTimeoutMissing
             conn.autocommit = True
             conn.execute(f"LISTEN {CHANNEL}")
             logger.debug("listening channel=%s", CHANNEL)
+            self.delay = 1.0
+
             # Wake once after (re)connecting: anything committed while the
             # listener was away produced no notification for it.
             self.wake()
             while not self.stopping.is_set():
                 for note in conn.notifies(timeout=1.0):
-                    if not self.queues or note.payload in self.queues or not note.payload:
+                    if self._concerns_me(note.payload):
                         self.wake()
         finally:
             conn.close()
+
+    def _concerns_me(self, queue: str) -> bool:
+        return not queue or not self.queues or queue in self.queues
+
+
+class NotifyTimeoutMissing(Exception):
+    """The driver cannot wait for notifications with a timeout."""
+
+
+def _psycopg_version() -> str:
+    try:
+        import psycopg
+    except ImportError:
+        return "none"
+    return str(psycopg.__version__)

@@ -120,23 +120,67 @@ class ThrowawayPostgres:
     def init(self) -> None:
         shutil.chown(self.root, "postgres")
         self._run(
-            str(POSTGRES_BIN / "initdb"), "-D", str(self.data), "-A", "trust",
-            "-U", "postgres",
+            str(POSTGRES_BIN / "initdb"),
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
         )
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
         self._run(
-            str(POSTGRES_BIN / "pg_ctl"), "-D", str(self.data), "-o", options,
-            "-l", str(self.root / "server.log"), "-w", "start",
+            str(POSTGRES_BIN / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "start",
         )
 
     def stop(self) -> None:
-        self._run(str(POSTGRES_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast",
-                  "-w", "stop")
+        self._run(
+            str(POSTGRES_BIN / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-m",
+            "fast",
+            "-w",
+            "stop",
+        )
 
-    def url(self, name: str) -> str:
-        return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
+    def connect(self, name: str = "postgres") -> Any:
+        import psycopg
+
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user="postgres",
+            dbname=name,
+            autocommit=True,
+        )
+
+    def create_database(self, name: str) -> dict[str, Any]:
+        """Create database ``name``; return the settings that point at it."""
+        with self.connect() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return database_settings(
+            HOST="127.0.0.1",
+            PORT=str(self.port),
+            NAME=name,
+            USER="postgres",
+            PASSWORD="",
+        )
+
+    def fetch_one(self, name: str, sql: str, params: list[Any]) -> Any:
+        with self.connect(name) as conn:
+            row = conn.execute(sql, params).fetchone()
+        return row[0] if row else None
 
 
 @contextmanager

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from datetime import timedelta
@@ -19,7 +21,14 @@ from klerk_django.worker import Worker, WorkerOptions
 from tests import faults
 from tests.testapp.jobs import crash, hang, record, sleep
 from tests.testapp.models import Run
-from tests.workers import running_worker, start_worker, stop, wait_for
+from tests.workers import (
+    ROOT,
+    running_worker,
+    start_worker,
+    stop,
+    wait_for,
+    worker_env,
+)
 
 # Short leases so that lost workers are noticed within seconds.
 FAST = {
@@ -359,3 +368,53 @@ def test_outcome_write_that_loses_its_connection_is_retried(monkeypatch, error):
 
     assert failures == [error]
     assert outcomes(job) == [(1, "succeeded")]
+
+
+def run_django(settings: dict, *arguments: str) -> str:
+    """Run ``python -m django`` with ``arguments`` on other settings."""
+    finished = subprocess.run(
+        [sys.executable, "-m", "django", *arguments],
+        cwd=ROOT,
+        env=worker_env(settings),
+        capture_output=True,
+        timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr.decode()
+    return finished.stdout.decode().strip()
+
+
+ENQUEUE = "from tests.testapp.jobs import record; print(record.enqueue({!r}).pk)"
+
+
+@pytest.mark.postgresql
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_worker_carries_on_after_its_database_server_restarts(tmp_path):
+    missing = faults.postgres_binaries_missing()
+    if missing:
+        pytest.skip(missing)
+    log = tmp_path / "worker.log"
+
+    with faults.throwaway_postgres() as server:
+        settings = {**server.create_database("klerk"), **FAST}
+        run_django(settings, "migrate", "--noinput")
+
+        def job_status(job_id: str) -> str:
+            sql = "SELECT status FROM klerk_job WHERE id = %s"
+            return server.fetch_one("klerk", sql, [int(job_id)])
+
+        with running_worker(settings=settings, log=log) as process:
+            first = run_django(
+                settings, "shell", "-v", "0", "-c", ENQUEUE.format("first")
+            )
+            wait_for(lambda: job_status(first) == JobStatus.SUCCEEDED)
+
+            server.stop()
+            wait_for(lambda: "database error, retrying" in log.read_text())
+            server.start()
+
+            second = run_django(
+                settings, "shell", "-v", "0", "-c", ENQUEUE.format("second")
+            )
+            wait_for(lambda: job_status(second) == JobStatus.SUCCEEDED)
+            assert process.poll() is None

@@ -211,7 +211,7 @@ class Worker:
     def _back_off(
         self, step: str, exc: Exception, failures: int, until: threading.Event
     ) -> None:
-        delay = min(0.5 * 2 ** min(failures - 1, 6), 30.0)
+        delay = reconnect_delay(failures)
         logger.warning(
             "database error, retrying step=%s worker=%s error=%s delay_s=%.1f",
             step,
@@ -325,6 +325,16 @@ class Worker:
             logger.warning("worker stop not recorded worker=%s", self.id)
         logger.info("worker stopped worker=%s jobs=%s", self.id, self.jobs_done)
         actions.wait_for_actions()
+
+
+# A worker should be back within a few seconds of its database; a retry
+# every few seconds costs a server nothing.
+RECONNECT_MAX_SECONDS = 5.0
+
+
+def reconnect_delay(failures: int) -> float:
+    """Return the wait after ``failures`` database errors in a row."""
+    return min(0.5 * 2 ** min(max(failures, 1) - 1, 10), RECONNECT_MAX_SECONDS)
 
 
 def _drop_connection() -> None:

@@ -17,7 +17,12 @@ from django.utils import timezone
 from klerk_django import attempts, leases
 from klerk_django.models import Attempt, Job, JobStatus
 from klerk_django.models import Worker as WorkerRecord
-from klerk_django.worker import Worker, WorkerOptions
+from klerk_django.worker import (
+    RECONNECT_MAX_SECONDS,
+    Worker,
+    WorkerOptions,
+    reconnect_delay,
+)
 from tests import faults
 from tests.testapp.jobs import crash, hang, record, sleep
 from tests.testapp.models import Run
@@ -418,3 +423,10 @@ def test_worker_carries_on_after_its_database_server_restarts(tmp_path):
             )
             wait_for(lambda: job_status(second) == JobStatus.SUCCEEDED)
             assert process.poll() is None
+
+
+def test_database_retries_wait_a_few_seconds_at_most():
+    delays = [reconnect_delay(failures) for failures in range(1, 100)]
+
+    assert delays == sorted(delays)
+    assert 0 < delays[0] < delays[-1] == RECONNECT_MAX_SECONDS <= 5

@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -226,24 +226,42 @@ class Worker:
         """Renew leases and recover lost jobs until no job runs here.
 
         Runs on through the grace period after a stop: jobs still finishing
-        must keep their leases, or another worker would run them again.
+        must keep their leases, or another worker would run them again. So
+        no error ends it, and a failing recovery never delays a heartbeat.
         """
         heartbeat = float(settings.HEARTBEAT_SECONDS)
         recovery = float(settings.RECOVERY_SECONDS)
         next_recovery = 0.0
         failures = 0
-        while not self.drained.wait(min(heartbeat, recovery) if failures == 0 else 0):
-            try:
-                self._heartbeat()
-                if time.monotonic() >= next_recovery:
-                    self._recover()
-                    next_recovery = time.monotonic() + recovery
-                failures = 0
-            except Error as exc:
-                failures += 1
-                self._back_off("maintenance", exc, failures, self.drained)
-            finally:
-                _close_broken_connections()
+        wait = 0.0
+        while not self.drained.wait(wait):
+            healthy = self._maintenance_step("heartbeat", self._heartbeat)
+            if time.monotonic() >= next_recovery:
+                healthy = self._maintenance_step("recovery", self._recover) and healthy
+                next_recovery = time.monotonic() + recovery
+
+            failures = 0 if healthy else failures + 1
+            wait = min(heartbeat, recovery)
+            if failures:
+                wait = min(reconnect_delay(failures), heartbeat)
+
+    def _maintenance_step(self, step: str, run: Callable[[], None]) -> bool:
+        try:
+            run()
+            return True
+        except Error as exc:
+            logger.warning(
+                "database error, retrying step=%s worker=%s error=%s",
+                step,
+                self.id,
+                type(exc).__name__,
+            )
+            _drop_connection()
+        except Exception:
+            logger.exception("maintenance failed step=%s worker=%s", step, self.id)
+        finally:
+            _close_broken_connections()
+        return False
 
     def _ending(self, job: ClaimedJob) -> None:
         with self.lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -430,3 +431,29 @@ def test_database_retries_wait_a_few_seconds_at_most():
 
     assert delays == sorted(delays)
     assert 0 < delays[0] < delays[-1] == RECONNECT_MAX_SECONDS <= 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_heartbeats_go_on_after_an_unexpected_maintenance_error(monkeypatch, settings):
+    settings.KLERK_HEARTBEAT_SECONDS = 0.1
+    settings.KLERK_RECOVERY_SECONDS = 0.1
+    errors = []
+
+    def broken(limit: int = 100) -> int:
+        errors.append(1)
+        raise RuntimeError("recovery broke")
+
+    monkeypatch.setattr(leases, "recover_expired", broken)
+    worker = Worker(WorkerOptions(listen=False))
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_for(lambda: errors)
+        beat = WorkerRecord.objects.get(pk=worker.id).last_heartbeat_at
+
+        wait_for(
+            lambda: WorkerRecord.objects.get(pk=worker.id).last_heartbeat_at > beat
+        )
+    finally:
+        worker.stop()
+        thread.join(60)

@@ -8,8 +8,8 @@ given, so a restarted worker never passes for the one that died. Threads:
   interval;
 * a job thread per slot runs one attempt at a time and records it;
 * a maintenance thread renews the leases of running jobs, sends the
-  worker's heartbeat, returns jobs of lost workers to the queue, and runs
-  orphaned actions;
+  worker's heartbeat, returns jobs of lost workers to the queue, and starts
+  a thread that runs orphaned actions;
 * on PostgreSQL, a listener thread turns notifications into wake-ups.
 
 A database error in any of them (``django.db.Error``: a closed connection
@@ -72,6 +72,7 @@ class Worker:
             max_workers=options.concurrency, thread_name_prefix="klerk-job"
         )
         self.jobs_done = 0
+        self.orphans: threading.Thread | None = None
 
     def stop(self) -> None:
         """Stop claiming; running jobs finish within the grace period.
@@ -285,7 +286,13 @@ class Worker:
         recovered = leases.recover_expired()
         if recovered:
             self.wake.set()
-        actions.run_orphans()
+
+        # An action may take minutes; heartbeats must not wait for it.
+        if self.orphans is None or not self.orphans.is_alive():
+            self.orphans = threading.Thread(
+                target=_run_orphaned_actions, name="klerk-orphans", daemon=True
+            )
+            self.orphans.start()
 
     def _register(self) -> None:
         failures = 0
@@ -353,6 +360,15 @@ RECONNECT_MAX_SECONDS = 5.0
 def reconnect_delay(failures: int) -> float:
     """Return the wait after ``failures`` database errors in a row."""
     return min(0.5 * 2 ** min(max(failures, 1) - 1, 10), RECONNECT_MAX_SECONDS)
+
+
+def _run_orphaned_actions() -> None:
+    try:
+        actions.run_orphans()
+    except Exception:
+        logger.exception("orphaned actions not run")
+    finally:
+        _close_broken_connections()
 
 
 def _drop_connection() -> None:

@@ -15,7 +15,7 @@ from django.db import InterfaceError, OperationalError
 from django.db.models import F
 from django.utils import timezone
 
-from klerk_django import attempts, leases
+from klerk_django import actions, attempts, leases
 from klerk_django.models import Attempt, Job, JobStatus
 from klerk_django.models import Worker as WorkerRecord
 from klerk_django.worker import (
@@ -457,3 +457,32 @@ def test_heartbeats_go_on_after_an_unexpected_maintenance_error(monkeypatch, set
     finally:
         worker.stop()
         thread.join(60)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_slow_orphaned_actions_do_not_hold_up_heartbeats(monkeypatch, settings):
+    settings.KLERK_LEASE_SECONDS = 2.0
+    settings.KLERK_HEARTBEAT_SECONDS = 0.2
+    settings.KLERK_RECOVERY_SECONDS = 0.2
+    release = threading.Event()
+
+    def slow_orphans() -> int:
+        release.wait(30)
+        return 0
+
+    monkeypatch.setattr(actions, "run_orphans", slow_orphans)
+    job = sleep.enqueue("beating", 4.0)
+    worker = Worker(WorkerOptions(listen=False))
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_for(lambda: started("sleep-start", "beating"))
+        # Any lease that expires meanwhile is taken back, as another
+        # worker would.
+        wait_for(lambda: leases.recover_expired() or status(job) != "running")
+    finally:
+        release.set()
+        worker.stop()
+        thread.join(60)
+
+    assert outcomes(job) == [(1, "succeeded")]

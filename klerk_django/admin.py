@@ -1,29 +1,29 @@
 """Admin pages for jobs, attempts, actions, command records and workers.
 
-Every page is read-only: jobs change state only through the service layer
-(``retry_jobs`` and ``cancel_jobs``), which the admin offers as actions and
-as buttons on a job's page, each behind its own permission. Bulk actions,
-delete included, work from the changelist's queryset in keyset batches, so
-"select all" across thousands of rows never posts one field per row.
+Rows are never edited: jobs change state only through the service layer
+(``retry_jobs``, ``cancel_jobs`` and ``enqueue``), which the admin offers
+as actions and as buttons on a job's page, each behind its permission and
+each checked again on the server. Bulk actions, delete included, work from
+the changelist's queryset in keyset chunks, so "select all" across
+thousands of rows never posts one field per row. Besides the lists, the
+job admin serves an overview and a queues page (see ``get_urls``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.contrib.admin.utils import model_ngettext, quote, unquote
+from django.contrib.admin.utils import model_ngettext, unquote
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.core.serializers.json import DjangoJSONEncoder
-from django.db import models, transaction
-from django.db.models import QuerySet
+from django.db import DatabaseError, models, transaction
+from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.http import (
     Http404,
     HttpRequest,
@@ -32,65 +32,50 @@ from django.http import (
     HttpResponseRedirect,
 )
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
-from django.utils import timezone
+from django.urls import path
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
+from django.views.decorators.http import require_safe
 
-from .conf import settings
-from .jobs import cancel_jobs, retry_jobs
+from . import admin_pages, arguments, database, display, stats
+from .admin_lists import (
+    AliveFilter,
+    CreatedFilter,
+    JobNameFilter,
+    KnownValuesFilter,
+    LargeTablePaginator,
+    QueueFilter,
+)
+from .admin_pages import STATUSES, admin_url, job_list_url
+from .display import EMPTY, badge, folded, pretty_json, relative_html
+from .exceptions import KlerkError
+from .jobs import cancel_jobs, get_job_function, registry, retry_jobs
 from .models import Action, Attempt, CommandRecord, Job, JobStatus, Worker
 
 logger = logging.getLogger(__name__)
 
 DELETE_BATCH_SIZE = 1000
+OPERATION_CHUNK_SIZE = 1000
 LINKS_SHOWN = 20
 
-BADGE_COLOURS = {
-    "pending": "#79aec8",
-    "ready": "#417690",
-    "running": "#b8860b",
-    "succeeded": "#2e7d32",
-    "failed": "#c62828",
-    "rejected": "#b8860b",
-    "cancelled": "#6b6b6b",
-    "interrupted": "#6b6b6b",
-}
+
+def worker_link(worker_id: Any, label: Any = None) -> str:
+    """Return a link to the worker page of ``worker_id``."""
+    if worker_id is None:
+        return EMPTY
+    url = admin_url(Worker, "change", worker_id)
+    return format_html('<a href="{}">{}</a>', url, label or worker_id)
 
 
-def badge(value: str) -> str:
-    """Return ``value`` as a small coloured label."""
-    colour = BADGE_COLOURS.get(value, "#6b6b6b")
+def command_link(obj: Job | Action) -> str:
+    """Return a link to the command record that created ``obj``."""
+    if obj.command_id is None:
+        return EMPTY
+    record = CommandRecord.objects.filter(pk=obj.command_id).first()
+    label = str(record) if record else f"{obj.command_id} (deleted)"
     return format_html(
-        '<span style="background:{};color:#fff;border-radius:3px;'
-        'padding:1px 6px;font-size:11px">{}</span>',
-        colour,
-        value,
+        '<a href="{}">{}</a>', admin_url(CommandRecord, "change", obj.command_id), label
     )
-
-
-def pretty_json(value: Any) -> str | None:
-    """Return ``value`` as indented JSON in a ``<pre>`` block."""
-    if value is None:
-        return None
-    text = json.dumps(
-        value, indent=2, sort_keys=True, ensure_ascii=False, cls=DjangoJSONEncoder
-    )
-    return format_html("<pre>{}</pre>", text)
-
-
-def preformatted(text: str) -> str | None:
-    """Return ``text`` in a ``<pre>`` block; None (shown as "-") if empty."""
-    if not text:
-        return None
-    return format_html("<pre>{}</pre>", text)
-
-
-def admin_url(model: type[models.Model], view: str, *args: Any) -> str:
-    """Return the URL of ``view`` ("change", "changelist") for ``model``."""
-    opts = model._meta
-    name = f"admin:{opts.app_label}_{opts.model_name}_{view}"
-    return reverse(name, args=[quote(arg) for arg in args])
 
 
 class LeanChangeList(ChangeList):
@@ -102,13 +87,18 @@ class LeanChangeList(ChangeList):
 
 
 class KlerkAdmin(admin.ModelAdmin):
-    """A read-only admin whose bulk delete runs in batches."""
+    """A read-only admin for big tables whose bulk delete runs in batches."""
 
     actions = ["delete_selected"]
     list_defer: tuple[str, ...] = ()
     id_search_field = "pk"
+    paginator = LargeTablePaginator
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
     batch_delete_template = "admin/klerk_django/batch_delete_confirmation.html"
+
+    class Media:
+        css = {"all": ["klerk_django/admin/console.css"]}
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -155,30 +145,31 @@ class KlerkAdmin(admin.ModelAdmin):
         if lacking:
             raise PermissionDenied
 
-        deleted = self._delete_in_batches(request, queryset)
+        deleted, error = 0, None
+        try:
+            for batch in keyset_chunks(queryset, DELETE_BATCH_SIZE):
+                deleted += self._delete_batch(request, queryset, batch)
+        except DatabaseError as exc:
+            error = exc
+            logger.exception("admin delete stopped deleted=%s", deleted)
 
-        self.message_user(
-            request,
-            f"Deleted {deleted} {model_ngettext(self.opts, deleted)}.",
-            messages.SUCCESS,
-        )
+        text = f"Deleted {deleted} {model_ngettext(self.opts, deleted)}."
+        if error is not None:
+            text += f" Stopped by a database error: {error}"
+        self.message_user(request, text, messages.ERROR if error else messages.SUCCESS)
         return None
 
-    def _delete_in_batches(self, request: HttpRequest, queryset: QuerySet) -> int:
-        # Keyset pages keep memory flat and each transaction short; the
-        # rows deleted are those of the list, at the time of the request.
-        db, model = queryset.db, queryset.model
-        deleted, page = 0, queryset.order_by("pk")
-        while True:
-            batch = list(page.values_list("pk", flat=True)[:DELETE_BATCH_SIZE])
-            if not batch:
-                return deleted
-            page = queryset.filter(pk__gt=batch[-1]).order_by("pk")
-            with transaction.atomic(using=db):
-                chunk = model._base_manager.using(db).filter(pk__in=batch)
-                self.log_deletions(request, chunk)
-                self.delete_queryset(request, chunk)
-            deleted += len(batch)
+    def _delete_batch(
+        self, request: HttpRequest, queryset: QuerySet, batch: list[Any]
+    ) -> int:
+        # Each batch is its own short transaction; the rows deleted are
+        # those of the list at the time of the request.
+        db = queryset.db
+        with transaction.atomic(using=db):
+            chunk = self.model._base_manager.using(db).filter(pk__in=batch)
+            self.log_deletions(request, chunk)
+            self.delete_queryset(request, chunk)
+        return len(batch)
 
     def _lacking_delete_permissions(
         self, request: HttpRequest, queryset: QuerySet
@@ -224,6 +215,21 @@ class KlerkAdmin(admin.ModelAdmin):
         return TemplateResponse(request, self.batch_delete_template, context)
 
 
+def keyset_chunks(queryset: QuerySet, size: int) -> Iterator[list[Any]]:
+    """Yield the primary keys of ``queryset`` in ascending chunks of ``size``.
+
+    Each chunk is one query that starts after the last key of the one
+    before, so memory stays flat and no chunk is read twice.
+    """
+    page = queryset.order_by("pk")
+    while True:
+        chunk = list(page.values_list("pk", flat=True)[:size])
+        if not chunk:
+            return
+        yield chunk
+        page = queryset.filter(pk__gt=chunk[-1]).order_by("pk")
+
+
 def _dependants(relation: Any, queryset: QuerySet) -> QuerySet:
     manager = relation.related_model._base_manager.using(queryset.db)
     return manager.filter(**{f"{relation.field.name}__in": queryset.values("pk")})
@@ -235,10 +241,10 @@ class AttemptInline(admin.TabularInline):
     model = Attempt
     fields = [
         "number",
+        "outcome_badge",
         "worker",
-        "started_at",
-        "finished_at",
-        "outcome",
+        "started",
+        "duration",
         "error",
         "traceback_text",
     ]
@@ -247,6 +253,11 @@ class AttemptInline(admin.TabularInline):
     extra = 0
     can_delete = False
     show_change_link = True
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Attempt]:
+        # The worker's name comes in the same query, not one per attempt.
+        names = Worker.objects.filter(pk=OuterRef("worker_id")).values("name")[:1]
+        return super().get_queryset(request).annotate(worker_name=Subquery(names))
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -257,46 +268,64 @@ class AttemptInline(admin.TabularInline):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    @admin.display(description="outcome")
+    def outcome_badge(self, attempt: Attempt) -> str:
+        return badge(attempt.outcome)
+
     @admin.display(description="worker")
-    def worker(self, attempt: Attempt) -> str | None:
-        return worker_link(attempt.worker_id)
+    def worker(self, attempt: Attempt) -> str:
+        label = getattr(attempt, "worker_name", None) or attempt.worker_id
+        return worker_link(attempt.worker_id, label)
+
+    @admin.display(description="started")
+    def started(self, attempt: Attempt) -> str:
+        return relative_html(attempt.started_at)
+
+    @admin.display(description="duration")
+    def duration(self, attempt: Attempt) -> str:
+        return display.duration(attempt.duration_seconds)
 
     @admin.display(description="traceback")
-    def traceback_text(self, attempt: Attempt) -> str | None:
-        return preformatted(attempt.traceback)
+    def traceback_text(self, attempt: Attempt) -> str:
+        return folded(attempt.traceback, "traceback")
 
 
-def worker_link(worker_id: Any) -> str | None:
-    """Return a link to the worker page of ``worker_id``."""
-    if worker_id is None:
-        return None
-    url = admin_url(Worker, "change", worker_id)
-    return format_html('<a href="{}">{}</a>', url, worker_id)
+JobOperation = Callable[[list[Any]], int]
 
 
-def command_link(obj: Job | Action) -> str | None:
-    """Return a link to the command record that created ``obj``."""
-    if obj.command_id is None:
-        return None
-    record = CommandRecord.objects.filter(pk=obj.command_id).first()
-    label = str(record) if record else f"{obj.command_id} (deleted)"
-    return format_html(
-        '<a href="{}">{}</a>', admin_url(CommandRecord, "change", obj.command_id), label
-    )
+@dataclass(frozen=True)
+class Operation:
+    """What the admin may do to a job, and how it talks about it."""
+
+    label: str
+    done: str
+    statuses: tuple[str, ...]
+    skip_reason: str
+    permission: str
 
 
-JobOperation = Callable[[QuerySet[Job]], int]
-
-OPERATIONS: dict[str, tuple[str, str]] = {
-    # operation: (past tense, why a job is skipped)
-    "retry": ("Retried", "only failed or cancelled jobs can be retried"),
-    "cancel": ("Cancelled", "only ready jobs can be cancelled"),
+OPERATIONS = {
+    "retry": Operation(
+        "Retry now",
+        "Retried",
+        (JobStatus.FAILED, JobStatus.CANCELLED),
+        "only failed or cancelled jobs can be retried",
+        "retry",
+    ),
+    "cancel": Operation(
+        "Cancel",
+        "Cancelled",
+        (JobStatus.READY,),
+        "only ready jobs can be cancelled",
+        "cancel",
+    ),
+    "copy": Operation("Enqueue a copy", "Enqueued", tuple(STATUSES), "", "retry"),
 }
 
 
 @admin.register(Job)
 class JobAdmin(KlerkAdmin):
-    """Jobs, read-only, with retry and cancel behind their permissions."""
+    """Jobs, read-only, with retry, cancel and copy behind permissions."""
 
     list_display = [
         "id",
@@ -305,15 +334,21 @@ class JobAdmin(KlerkAdmin):
         "status_badge",
         "priority",
         "attempts_used",
-        "run_after",
-        "created_at",
-        "finished_at",
+        "created",
+        "due",
+        "finished",
     ]
     list_display_links = ["id", "name"]
-    list_filter = ["status", "queue", "name", "created_at"]
+    list_filter = [
+        "status",
+        ("queue", QueueFilter),
+        ("name", JobNameFilter),
+        CreatedFilter,
+    ]
     list_select_related = False
     list_defer = ("arguments", "result", "last_error")
     search_fields = ["name"]
+    search_help_text = "A job id, or part of a job name."
     actions = ["retry_selected", "cancel_selected", "delete_selected"]
     inlines = [AttemptInline]
     fieldsets = [
@@ -358,25 +393,45 @@ class JobAdmin(KlerkAdmin):
     def attempts_used(self, job: Job) -> str:
         return f"{job.attempts}/{job.max_attempts}"
 
+    @admin.display(description="created", ordering="created_at")
+    def created(self, job: Job) -> str:
+        return relative_html(job.created_at)
+
+    @admin.display(description="due", ordering="run_after")
+    def due(self, job: Job) -> str:
+        return relative_html(job.run_after)
+
+    @admin.display(description="finished", ordering="finished_at")
+    def finished(self, job: Job) -> str:
+        return relative_html(job.finished_at)
+
     @admin.display(description="command")
-    def command_record(self, job: Job) -> str | None:
+    def command_record(self, job: Job) -> str:
         return command_link(job)
 
     @admin.display(description="worker")
-    def worker(self, job: Job) -> str | None:
+    def worker(self, job: Job) -> str:
         return worker_link(job.worker_id)
 
     @admin.display(description="arguments")
-    def arguments_json(self, job: Job) -> str | None:
+    def arguments_json(self, job: Job) -> str:
         return pretty_json(job.arguments)
 
     @admin.display(description="result")
-    def result_json(self, job: Job) -> str | None:
+    def result_json(self, job: Job) -> str:
         return pretty_json(job.result)
 
     @admin.display(description="last error")
-    def last_error_text(self, job: Job) -> str | None:
-        return preformatted(job.last_error)
+    def last_error_text(self, job: Job) -> str:
+        return display.preformatted(job.last_error)
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet, search_term: str
+    ) -> tuple[QuerySet, bool]:
+        # "#42" is how jobs are written elsewhere in the admin.
+        return super().get_search_results(
+            request, queryset, search_term.strip().lstrip("#")
+        )
 
     def has_retry_permission(self, request: HttpRequest) -> bool:
         return self._has_permission(request, "retry")
@@ -385,8 +440,13 @@ class JobAdmin(KlerkAdmin):
         return self._has_permission(request, "cancel")
 
     def _has_permission(self, request: HttpRequest, operation: str) -> bool:
-        codename = get_permission_codename(operation, self.opts)
+        codename = get_permission_codename(OPERATIONS[operation].permission, self.opts)
         return request.user.has_perm(f"{self.opts.app_label}.{codename}")
+
+    def _may(self, request: HttpRequest, operation: str) -> bool:
+        return self.has_view_or_change_permission(request) and self._has_permission(
+            request, operation
+        )
 
     @admin.action(permissions=["retry"], description="Retry selected jobs")
     def retry_selected(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
@@ -403,34 +463,69 @@ class JobAdmin(KlerkAdmin):
         operation: str,
         function: JobOperation,
     ) -> None:
-        selected = queryset.count()
-        changed = function(queryset)
+        """Apply ``function`` to the selection in chunks and report on it.
 
-        skipped = max(selected - changed, 0)
+        Each chunk of ids goes through the service layer, which re-checks
+        every job's status, so a job that changed meanwhile is skipped. A
+        database error stops the run and is reported with what changed.
+        """
+        changed, before, error = 0, {}, None
+        try:
+            before = _count_by_status(queryset)
+            for chunk in keyset_chunks(queryset, OPERATION_CHUNK_SIZE):
+                changed += function(chunk)
+        except DatabaseError as exc:
+            error = exc
+            logger.exception("admin %s stopped changed=%s", operation, changed)
+
+        skipped = max(sum(before.values()) - changed, 0)
         logger.info(
             "jobs %s from the admin count=%s skipped=%s user=%s",
-            OPERATIONS[operation][0].lower(),
+            OPERATIONS[operation].done.lower(),
             changed,
             skipped,
             request.user.pk,
         )
-        self._report(request, operation, changed, skipped)
+        self._report(request, operation, changed, before, error)
 
     def _report(
-        self, request: HttpRequest, operation: str, changed: int, skipped: int
+        self,
+        request: HttpRequest,
+        operation: str,
+        changed: int,
+        before: dict[str, int],
+        error: Exception | None = None,
     ) -> None:
-        done, reason = OPERATIONS[operation]
-        text = f"{done} {changed} {model_ngettext(self.opts, changed)}."
-        if skipped:
-            text += f" Skipped {skipped}: {reason}."
-        level = messages.WARNING if skipped else messages.SUCCESS
-        self.message_user(request, text, level)
+        chosen = OPERATIONS[operation]
+        text = f"{chosen.done} {changed} {model_ngettext(self.opts, changed)}."
+        reasons = _skipped_reasons(before, chosen.statuses, changed)
+        if reasons:
+            skipped = sum(count for count, _ in reasons)
+            listed = ", ".join(f"{count} {label}" for count, label in reasons)
+            text += f" Skipped {skipped}: {chosen.skip_reason} ({listed})."
+        if error is not None:
+            text += f" Stopped by a database error: {error}"
+            self.message_user(request, text, messages.ERROR)
+            return
+        self.message_user(
+            request, text, messages.WARNING if reasons else messages.SUCCESS
+        )
 
     def get_urls(self) -> list[Any]:
         prefix = f"{self.opts.app_label}_{self.opts.model_name}"
         wrap = self.admin_site.admin_view
         # Before the defaults: their catch-all would take these paths.
         return [
+            path(
+                "overview/",
+                wrap(require_safe(self.overview_view)),
+                name=f"{prefix}_overview",
+            ),
+            path(
+                "queues/",
+                wrap(require_safe(self.queues_view)),
+                name=f"{prefix}_queues",
+            ),
             path(
                 "<path:object_id>/retry/",
                 wrap(self.retry_view),
@@ -440,6 +535,11 @@ class JobAdmin(KlerkAdmin):
                 "<path:object_id>/cancel/",
                 wrap(self.cancel_view),
                 name=f"{prefix}_cancel",
+            ),
+            path(
+                "<path:object_id>/copy/",
+                wrap(self.copy_view),
+                name=f"{prefix}_copy",
             ),
             *super().get_urls(),
         ]
@@ -459,6 +559,54 @@ class JobAdmin(KlerkAdmin):
         operation: str,
         function: JobOperation,
     ) -> HttpResponse:
+        job = self._job_to_change(request, object_id, operation)
+        if isinstance(job, HttpResponse):
+            return job
+
+        changed, error = 0, None
+        try:
+            changed = function([job.pk])
+        except DatabaseError as exc:
+            error = exc
+            logger.exception("admin %s failed job_id=%s", operation, job.pk)
+
+        logger.info(
+            "job %s from the admin job_id=%s changed=%s user=%s",
+            OPERATIONS[operation].done.lower(),
+            job.pk,
+            changed,
+            request.user.pk,
+        )
+        self._report(request, operation, changed, {job.status: 1}, error)
+        return HttpResponseRedirect(admin_url(Job, "change", job.pk))
+
+    def copy_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Enqueue a job like this one; POST only, with retry permission."""
+        job = self._job_to_change(request, object_id, "copy")
+        if isinstance(job, HttpResponse):
+            return job
+
+        try:
+            copy = enqueue_copy(job)
+        except (KlerkError, DatabaseError) as exc:
+            logger.warning("admin copy failed job_id=%s error=%s", job.pk, exc)
+            text = f"Could not enqueue a copy of job #{job.pk}: {exc}"
+            self.message_user(request, text, messages.ERROR)
+            return HttpResponseRedirect(admin_url(Job, "change", job.pk))
+
+        logger.info(
+            "job copied from the admin job_id=%s copy_id=%s user=%s",
+            job.pk,
+            copy.pk,
+            request.user.pk,
+        )
+        text = f"Enqueued job #{copy.pk}, a copy of job #{job.pk}."
+        self.message_user(request, text, messages.SUCCESS)
+        return HttpResponseRedirect(admin_url(Job, "change", copy.pk))
+
+    def _job_to_change(
+        self, request: HttpRequest, object_id: str, operation: str
+    ) -> Job | HttpResponse:
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         if not self._may(request, operation):
@@ -466,23 +614,7 @@ class JobAdmin(KlerkAdmin):
         job = self.get_object(request, unquote(object_id))
         if job is None:
             raise Http404(f"No job with id {object_id!r}.")
-
-        changed = function(Job.objects.filter(pk=job.pk))
-
-        logger.info(
-            "job %s from the admin job_id=%s changed=%s user=%s",
-            OPERATIONS[operation][0].lower(),
-            job.pk,
-            changed,
-            request.user.pk,
-        )
-        self._report(request, operation, changed, 1 - changed)
-        return HttpResponseRedirect(admin_url(Job, "change", job.pk))
-
-    def _may(self, request: HttpRequest, operation: str) -> bool:
-        return self.has_view_or_change_permission(request) and self._has_permission(
-            request, operation
-        )
+        return job
 
     def render_change_form(
         self,
@@ -495,18 +627,94 @@ class JobAdmin(KlerkAdmin):
     ) -> HttpResponse:
         if obj is not None:
             context["job_operations"] = self._operations_for(request, obj)
+            context["job_delete_url"] = (
+                admin_url(Job, "delete", obj.pk)
+                if self.has_delete_permission(request, obj)
+                else None
+            )
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def _operations_for(self, request: HttpRequest, job: Job) -> list[tuple[str, str]]:
+        # A copy needs the job function, which this process may not know.
         possible = {
-            "retry": job.status in (JobStatus.FAILED, JobStatus.CANCELLED),
-            "cancel": job.status == JobStatus.READY,
+            name: job.status in operation.statuses
+            for name, operation in OPERATIONS.items()
         }
+        possible["copy"] = possible["copy"] and job.name in registry
         return [
-            (admin_url(Job, operation, job.pk), operation.capitalize())
+            (admin_url(Job, operation, job.pk), OPERATIONS[operation].label)
             for operation, allowed in possible.items()
             if allowed and self._may(request, operation)
         ]
+
+    def overview_view(self, request: HttpRequest) -> HttpResponse:
+        """Show jobs by queue and status, the last hour, lag and workers."""
+        self._check_view(request)
+        context = admin_pages.overview_context()
+        return self._render(request, "admin/klerk_django/overview.html", context)
+
+    def queues_view(self, request: HttpRequest) -> HttpResponse:
+        """Show the ready, scheduled and running jobs of every queue."""
+        self._check_view(request)
+        context = admin_pages.queues_context()
+        return self._render(request, "admin/klerk_django/queues.html", context)
+
+    def _check_view(self, request: HttpRequest) -> None:
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+
+    def _render(
+        self, request: HttpRequest, template: str, context: dict[str, Any]
+    ) -> TemplateResponse:
+        request.current_app = self.admin_site.name
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "app_label": self.opts.app_label,
+            "media": self.media,
+            **context,
+        }
+        return TemplateResponse(request, template, context)
+
+
+def enqueue_copy(job: Job) -> Job:
+    """Enqueue a new job with the name, arguments and options of ``job``.
+
+    Runs in its own transaction on the jobs' database. Raises UnknownJob if
+    no job function of that name is registered in this process.
+    """
+    function = get_job_function(job.name).using(
+        queue=job.queue,
+        priority=job.priority,
+        max_attempts=job.max_attempts,
+        backoff_seconds=job.backoff_base_seconds,
+        backoff_max_seconds=job.backoff_max_seconds,
+    )
+    args, kwargs = arguments.unpack(job.arguments)
+    with transaction.atomic(using=database.alias()):
+        return function.enqueue(*args, **kwargs)
+
+
+def _count_by_status(queryset: QuerySet[Job]) -> dict[str, int]:
+    rows = queryset.order_by().values("status").annotate(count=Count("pk"))
+    return {row["status"]: row["count"] for row in rows}
+
+
+def _skipped_reasons(
+    before: dict[str, int], eligible: tuple[str, ...], changed: int
+) -> list[tuple[int, str]]:
+    """Return ``(count, why)`` for the jobs an operation left alone."""
+    reasons = [
+        (count, str(status))
+        for status, count in sorted(before.items())
+        if status not in eligible and count
+    ]
+    # Jobs that were eligible when counted but changed status before their
+    # chunk was reached, for instance because a worker picked them up.
+    gone = sum(before.get(status, 0) for status in eligible) - changed
+    if gone > 0:
+        reasons.append((gone, "changed status meanwhile"))
+    return reasons
 
 
 @admin.register(Attempt)
@@ -519,8 +727,8 @@ class AttemptAdmin(KlerkAdmin):
         "number",
         "outcome_badge",
         "worker_id",
-        "started_at",
-        "finished_at",
+        "started",
+        "duration",
         "short_error",
     ]
     list_filter = ["outcome", "started_at"]
@@ -535,6 +743,7 @@ class AttemptAdmin(KlerkAdmin):
         "worker",
         "started_at",
         "finished_at",
+        "duration",
         "error_text",
         "traceback_text",
     ]
@@ -550,20 +759,28 @@ class AttemptAdmin(KlerkAdmin):
         return badge(attempt.outcome)
 
     @admin.display(description="worker")
-    def worker(self, attempt: Attempt) -> str | None:
+    def worker(self, attempt: Attempt) -> str:
         return worker_link(attempt.worker_id)
+
+    @admin.display(description="started", ordering="started_at")
+    def started(self, attempt: Attempt) -> str:
+        return relative_html(attempt.started_at)
+
+    @admin.display(description="duration")
+    def duration(self, attempt: Attempt) -> str:
+        return display.duration(attempt.duration_seconds)
 
     @admin.display(description="error")
     def short_error(self, attempt: Attempt) -> str:
         return attempt.error[:120]
 
     @admin.display(description="error")
-    def error_text(self, attempt: Attempt) -> str | None:
-        return preformatted(attempt.error)
+    def error_text(self, attempt: Attempt) -> str:
+        return display.preformatted(attempt.error)
 
     @admin.display(description="traceback")
-    def traceback_text(self, attempt: Attempt) -> str | None:
-        return preformatted(attempt.traceback)
+    def traceback_text(self, attempt: Attempt) -> str:
+        return display.preformatted(attempt.traceback)
 
 
 @admin.register(Action)
@@ -574,13 +791,12 @@ class ActionAdmin(KlerkAdmin):
         "id",
         "name",
         "status_badge",
-        "created_at",
-        "started_at",
-        "finished_at",
+        "created",
+        "finished",
         "short_error",
     ]
     list_display_links = ["id", "name"]
-    list_filter = ["status", "name", "created_at"]
+    list_filter = ["status", ("name", KnownValuesFilter), CreatedFilter]
     list_defer = ("arguments", "traceback")
     search_fields = ["name"]
     fields = [
@@ -601,8 +817,16 @@ class ActionAdmin(KlerkAdmin):
     def status_badge(self, action: Action) -> str:
         return badge(action.status)
 
+    @admin.display(description="created", ordering="created_at")
+    def created(self, action: Action) -> str:
+        return relative_html(action.created_at)
+
+    @admin.display(description="finished", ordering="finished_at")
+    def finished(self, action: Action) -> str:
+        return relative_html(action.finished_at)
+
     @admin.display(description="command")
-    def command_record(self, action: Action) -> str | None:
+    def command_record(self, action: Action) -> str:
         return command_link(action)
 
     @admin.display(description="error")
@@ -610,24 +834,24 @@ class ActionAdmin(KlerkAdmin):
         return action.error[:120]
 
     @admin.display(description="arguments")
-    def arguments_json(self, action: Action) -> str | None:
+    def arguments_json(self, action: Action) -> str:
         return pretty_json(action.arguments)
 
     @admin.display(description="error")
-    def error_text(self, action: Action) -> str | None:
-        return preformatted(action.error)
+    def error_text(self, action: Action) -> str:
+        return display.preformatted(action.error)
 
     @admin.display(description="traceback")
-    def traceback_text(self, action: Action) -> str | None:
-        return preformatted(action.traceback)
+    def traceback_text(self, action: Action) -> str:
+        return display.preformatted(action.traceback)
 
 
 @admin.register(CommandRecord)
 class CommandRecordAdmin(KlerkAdmin):
     """Command records with what each command created."""
 
-    list_display = ["name", "outcome_badge", "actor", "created_at", "duration"]
-    list_filter = ["outcome", "name", "created_at"]
+    list_display = ["name", "outcome_badge", "actor", "created", "duration"]
+    list_filter = ["outcome", ("name", KnownValuesFilter), CreatedFilter]
     list_defer = ("inputs", "problems", "result", "error")
     search_fields = ["name", "actor"]
     fields = [
@@ -650,42 +874,46 @@ class CommandRecordAdmin(KlerkAdmin):
     def outcome_badge(self, record: CommandRecord) -> str:
         return badge(record.outcome)
 
+    @admin.display(description="created", ordering="created_at")
+    def created(self, record: CommandRecord) -> str:
+        return relative_html(record.created_at)
+
     @admin.display(description="duration", ordering="duration_ms")
     def duration(self, record: CommandRecord) -> str:
         return f"{record.duration_ms:.1f} ms"
 
     @admin.display(description="inputs")
-    def inputs_json(self, record: CommandRecord) -> str | None:
+    def inputs_json(self, record: CommandRecord) -> str:
         return pretty_json(record.inputs)
 
     @admin.display(description="problems")
-    def problems_json(self, record: CommandRecord) -> str | None:
+    def problems_json(self, record: CommandRecord) -> str:
         return pretty_json(record.problems)
 
     @admin.display(description="result")
-    def result_json(self, record: CommandRecord) -> str | None:
+    def result_json(self, record: CommandRecord) -> str:
         return pretty_json(record.result)
 
     @admin.display(description="error")
-    def error_text(self, record: CommandRecord) -> str | None:
-        return preformatted(record.error)
+    def error_text(self, record: CommandRecord) -> str:
+        return display.preformatted(record.error)
 
     @admin.display(description="jobs")
-    def created_jobs(self, record: CommandRecord) -> str | None:
+    def created_jobs(self, record: CommandRecord) -> str:
         return created_links(record, Job, record.jobs.only("name", "status"))
 
     @admin.display(description="actions")
-    def created_actions(self, record: CommandRecord) -> str | None:
+    def created_actions(self, record: CommandRecord) -> str:
         return created_links(record, Action, record.actions.only("name", "status"))
 
 
 def created_links(
     record: CommandRecord, model: type[models.Model], queryset: QuerySet
-) -> str | None:
+) -> str:
     """Link the first rows a command created, and the list of all of them."""
     total = queryset.count()
     if not total:
-        return None
+        return EMPTY
     shown = queryset.order_by("pk")[:LINKS_SHOWN]
     links = format_html_join(
         ", ",
@@ -702,34 +930,41 @@ def created_links(
 
 @admin.register(Worker)
 class WorkerAdmin(KlerkAdmin):
-    """Worker processes, and whether each is still alive."""
+    """Worker processes: alive or gone, and the jobs each runs now."""
 
     list_display = [
         "name",
+        "alive",
         "hostname",
         "pid",
         "queue_names",
         "concurrency",
-        "started_at",
-        "last_heartbeat_at",
-        "stopped_at",
-        "alive",
+        "current_jobs",
+        "heartbeat",
+        "started",
+        "stopped",
     ]
-    list_filter = ["hostname", "started_at"]
+    list_filter = [AliveFilter, ("hostname", KnownValuesFilter)]
     search_fields = ["name", "hostname"]
     fields = [
         "id",
         "name",
+        "alive",
         "hostname",
         "pid",
         "queue_names",
         "concurrency",
+        "current_jobs",
         "started_at",
         "last_heartbeat_at",
         "stopped_at",
-        "alive",
     ]
     readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Worker]:
+        # Counted in the same query as the rows, not once per worker.
+        queryset = super().get_queryset(request)
+        return queryset.annotate(running_jobs=stats.running_jobs())
 
     @admin.display(description="queues")
     def queue_names(self, worker: Worker) -> str:
@@ -739,10 +974,26 @@ class WorkerAdmin(KlerkAdmin):
     def alive(self, worker: Worker) -> bool:
         return is_alive(worker)
 
+    @admin.display(description="current jobs", ordering="running_jobs")
+    def current_jobs(self, worker: Worker) -> str:
+        url = job_list_url(worker_id=worker.pk, status__exact="running")
+        return format_html('<a href="{}">{}</a>', url, worker.running_jobs)
+
+    @admin.display(description="last heartbeat", ordering="last_heartbeat_at")
+    def heartbeat(self, worker: Worker) -> str:
+        return relative_html(worker.last_heartbeat_at)
+
+    @admin.display(description="started", ordering="started_at")
+    def started(self, worker: Worker) -> str:
+        return relative_html(worker.started_at)
+
+    @admin.display(description="stopped", ordering="stopped_at")
+    def stopped(self, worker: Worker) -> str:
+        return relative_html(worker.stopped_at)
+
 
 def is_alive(worker: Worker) -> bool:
     """Tell whether ``worker`` runs: not stopped, with a recent heartbeat."""
     if worker.stopped_at is not None:
         return False
-    window = timedelta(seconds=3 * settings.HEARTBEAT_SECONDS)
-    return worker.last_heartbeat_at >= timezone.now() - window
+    return worker.last_heartbeat_at >= stats.alive_since()

@@ -209,7 +209,10 @@ def test_retry_action_reports_changed_and_skipped(admin_client, world):
 
     assert response.status_code == 302
     assert statuses(pk__in=[failed.pk, ready.pk]) == ["ready", "ready"]
-    message = "Retried 1 job. Skipped 1: only failed or cancelled jobs can be retried."
+    message = (
+        "Retried 1 job. Skipped 1: only failed or cancelled jobs can be retried "
+        "(1 ready)."
+    )
     assert texts(response) == [message]
 
 
@@ -224,7 +227,7 @@ def test_cancel_action_reports_changed_and_skipped(admin_client, world):
     response = admin_client.post(url(Job, "changelist"), data)
 
     assert statuses(pk__in=[failed.pk, ready.pk]) == ["cancelled", "failed"]
-    message = "Cancelled 1 job. Skipped 1: only ready jobs can be cancelled."
+    message = "Cancelled 1 job. Skipped 1: only ready jobs can be cancelled (1 failed)."
     assert texts(response) == [message]
 
 
@@ -275,7 +278,9 @@ def test_cancel_button_skips_a_job_that_is_not_ready(world):
     response = operator.post(url(Job, "cancel", running.pk))
 
     assert Job.objects.get(pk=running.pk).status == "running"
-    message = "Cancelled 0 jobs. Skipped 1: only ready jobs can be cancelled."
+    message = (
+        "Cancelled 0 jobs. Skipped 1: only ready jobs can be cancelled (1 running)."
+    )
     assert texts(response) == [message]
     assert operator.post(url(Job, "cancel", 10**9)).status_code == 404
 
@@ -463,7 +468,7 @@ def hostile_posts(world, name):
     return [{**everything, "action": action} for action in actions]
 
 
-CHANGING = ("_add", "_change", "_delete", "_retry", "_cancel")
+CHANGING = ("_add", "_change", "_delete", "_retry", "_cancel", "_copy")
 
 
 def snapshot():
@@ -476,7 +481,8 @@ def snapshot():
 def test_url_enumeration_finds_the_operation_views(world):
     names = {name for name, _ in klerk_admin_urls(world)}
 
-    assert {"klerk_django_job_retry", "klerk_django_job_cancel"} <= names
+    operations = {"retry", "cancel", "copy", "overview", "queues"}
+    assert {f"klerk_django_job_{name}" for name in operations} <= names
     for model in KLERK_MODELS:
         assert f"klerk_django_{model._meta.model_name}_changelist" in names
 
@@ -487,7 +493,7 @@ def test_get_on_any_klerk_admin_url_changes_nothing(admin_client, world):
     for name, address in klerk_admin_urls(world):
         response = admin_client.get(address)
         assert response.status_code < 500, address
-        if name.endswith(("_retry", "_cancel")):
+        if name.endswith(("_retry", "_cancel", "_copy")):
             assert response.status_code == 405, address
 
     assert snapshot() == before

@@ -1,0 +1,153 @@
+"""What the admin's overview and queues pages show, and links between pages.
+
+The views themselves belong to the job admin (``JobAdmin.get_urls``), so
+they live under the admin site with its login and permission checks; here
+are only the figures they show, gathered by ``stats``, and the URLs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.contrib.admin.utils import quote
+from django.db import models
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import urlencode
+
+from . import display, stats
+from .jobs import registry
+from .models import Job, JobStatus, Worker
+
+STATUSES = [status.value for status in JobStatus]
+
+
+def admin_url(model: type[models.Model], view: str, *args: Any) -> str:
+    """Return the URL of ``view`` ("change", "changelist") for ``model``."""
+    opts = model._meta
+    name = f"admin:{opts.app_label}_{opts.model_name}_{view}"
+    return reverse(name, args=[quote(arg) for arg in args])
+
+
+def job_list_url(**filters: Any) -> str:
+    """Return the URL of the job list with ``filters`` applied."""
+    query = f"?{urlencode(filters)}" if filters else ""
+    return admin_url(Job, "changelist") + query
+
+
+def overview_context() -> dict[str, Any]:
+    """Return jobs by queue and status, the last hour, lag and live workers."""
+    now = timezone.now()
+    counts = stats.counts_by_queue_and_status()
+    queues = {row.queue: row for row in stats.queue_stats()}
+    series = stats.minute_series(now)
+    workers = stats.live_workers()
+
+    rows = [
+        _overview_row(queue, counts.get(queue, {}), queues.get(queue), now)
+        for queue in sorted(set(counts) | set(queues))
+    ]
+    lags = [row["lag"] for row in rows if row["lag"] is not None]
+    rate = series.failure_rate
+    return {
+        "title": "Jobs overview",
+        "rows": rows,
+        "totals": _totals(counts),
+        "statuses": STATUSES,
+        "chart": display.minute_chart(series),
+        "failure_rate": display.EMPTY if rate is None else f"{rate:.1%}",
+        "ended": sum(series.succeeded) + sum(series.failed),
+        "failed": sum(series.failed),
+        "ready_now": sum(row.ready for row in queues.values()),
+        "running_now": sum(row.running for row in queues.values()),
+        "longest_lag": _lag_text(max(lags) if lags else None),
+        "workers": [_worker_row(worker) for worker in workers],
+        "workers_url": admin_url(Worker, "changelist") + "?state=alive",
+        "failed_url": job_list_url(status__exact="failed"),
+        "running_url": job_list_url(status__exact="running"),
+    }
+
+
+def queues_context() -> dict[str, Any]:
+    """Return ready, scheduled and running jobs and the lag of every queue."""
+    now = timezone.now()
+    rows = [
+        {
+            "queue": row.queue,
+            "ready": row.ready,
+            "scheduled": row.scheduled,
+            "running": row.running,
+            "lag": _lag_text(row.lag(now)),
+            "ready_url": job_list_url(queue=row.queue, status__exact="ready"),
+            "running_url": job_list_url(queue=row.queue, status__exact="running"),
+        }
+        for row in _with_registered_queues(stats.queue_stats())
+    ]
+    return {"title": "Queues", "rows": rows}
+
+
+def _with_registered_queues(
+    busy: list[stats.QueueStats],
+) -> list[stats.QueueStats]:
+    # Queues are names, not rows: an idle queue is known only from the job
+    # functions that use it.
+    known = {row.queue for row in busy}
+    idle = [
+        stats.QueueStats(queue, 0, 0, 0, None)
+        for queue in sorted(set(registered_queues()) - known)
+    ]
+    return sorted(busy + idle, key=lambda row: row.queue)
+
+
+def registered_queues() -> list[str]:
+    """Return the queues of every registered job function."""
+    return [registry.get(name).options.queue for name in registry.names()]
+
+
+def _overview_row(
+    queue: str,
+    counts: dict[str, int],
+    waiting: stats.QueueStats | None,
+    now: datetime,
+) -> dict[str, Any]:
+    cells = [
+        (counts.get(status, 0), job_list_url(queue=queue, status__exact=status))
+        for status in STATUSES
+    ]
+    lag = waiting.lag(now) if waiting else None
+    return {
+        "queue": queue,
+        "url": job_list_url(queue=queue),
+        "cells": cells,
+        "total": sum(counts.values()),
+        "lag": lag,
+        "lag_text": _lag_text(lag),
+    }
+
+
+def _lag_text(lag: timedelta | None) -> str:
+    return display.EMPTY if lag is None else display.span(lag)
+
+
+def _totals(counts: dict[str, dict[str, int]]) -> list[tuple[int, str]]:
+    return [
+        (
+            sum(row.get(status, 0) for row in counts.values()),
+            job_list_url(status__exact=status),
+        )
+        for status in STATUSES
+    ]
+
+
+def _worker_row(worker: Worker) -> dict[str, Any]:
+    return {
+        "name": worker.name or str(worker.pk)[:8],
+        "url": admin_url(Worker, "change", worker.pk),
+        "host": f"{worker.hostname}:{worker.pid}",
+        "queues": ", ".join(map(str, worker.queues)) or "all",
+        "running": worker.running_jobs,
+        "running_url": job_list_url(worker_id=worker.pk, status__exact="running"),
+        "concurrency": worker.concurrency,
+        "heartbeat": display.relative_html(worker.last_heartbeat_at),
+    }

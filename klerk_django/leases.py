@@ -174,7 +174,7 @@ def _claim_locking(
 
 
 def _claimed(row: tuple[Any, ...]) -> ClaimedJob:
-    values = dict(zip(RETURNED, row))
+    values = dict(zip(RETURNED, row, strict=True))
     arguments = values["arguments"]
     if isinstance(arguments, (str, bytes)):
         arguments = json.loads(arguments)
@@ -192,7 +192,7 @@ def _claimed(row: tuple[Any, ...]) -> ClaimedJob:
 
 
 def renew(worker_id: uuid.UUID, job_ids: Iterable[int]) -> set[int]:
-    """Push the leases of ``job_ids`` forward; return the ids no longer held."""
+    """Push the leases of ``job_ids`` forward; return those no longer held."""
     ids = set(job_ids)
     if not ids:
         return set()
@@ -274,9 +274,14 @@ def _interrupt(
         changes = {"status": JobStatus.READY, "run_after": database.later(delay, conn)}
         level, outcome = logging.WARNING, "requeued"
 
-    Job.objects.using(db).filter(
-        pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts, worker_id=job.worker_id
-    ).update(lease_expires_at=None, last_error=error, **changes)
+    held = Job.objects.using(db).filter(
+        pk=job.pk,
+        status=JobStatus.RUNNING,
+        attempts=job.attempts,
+        worker_id=job.worker_id,
+    )
+    if not held.update(lease_expires_at=None, last_error=error, **changes):
+        return  # the attempt ended meanwhile and recorded itself
     Attempt.objects.using(db).create(
         job_id=job.pk,
         number=job.attempts,

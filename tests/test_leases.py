@@ -16,7 +16,7 @@ from django.db import connection, connections
 from django.db.models import Count
 from django.utils import timezone
 
-from klerk_django import leases
+from klerk_django import attempts, leases
 from klerk_django.models import Attempt, Job, JobStatus
 from tests.testapp.jobs import record
 from tests.testapp.models import Run
@@ -217,3 +217,17 @@ def test_sqlite_workers_and_a_writer_never_hit_an_uncaught_lock(tmp_path):
     assert Run.objects.count() == enqueued
     assert Run.objects.values("key").distinct().count() == enqueued
     assert Job.objects.exclude(attempts=1).count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_interrupting_an_attempt_that_ended_meanwhile_changes_nothing():
+    job = record.enqueue("ended")
+    worker = uuid.uuid4()
+    claimed = leases.claim(worker, None, 1)[0]
+    stale = Job.objects.get(pk=job.pk)
+    assert attempts.run(claimed, worker) == JobStatus.SUCCEEDED
+
+    leases._interrupt(stale, "the worker stopped", connection)
+
+    assert Job.objects.get(pk=job.pk).status == JobStatus.SUCCEEDED
+    assert list(Attempt.objects.values_list("outcome", flat=True)) == ["succeeded"]

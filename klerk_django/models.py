@@ -57,6 +57,10 @@ class CommandRecord(models.Model):
     error = models.TextField(blank=True)
     duration_ms = models.FloatField(default=0.0)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # A caller's idempotency token: the database refuses a second record
+    # with the same token, which is what makes "at most once" hold across
+    # processes and restarts.
+    token = models.CharField(max_length=200, null=True, blank=True, unique=True)
 
     class Meta:
         db_table = "klerk_command_record"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import connections
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -30,8 +31,8 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 TIMEOUT_MS = 30_000
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
+@pytest.fixture
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     if not CHROMIUM.exists():
         reason = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)."
         if os.environ.get("CI") == "true":
@@ -40,15 +41,20 @@ def browser() -> Iterator[Any]:
 
     from playwright.sync_api import sync_playwright
 
-    # Playwright's synchronous API keeps an event loop in this thread, which
-    # Django would take for async code; the ORM calls here are synchronous.
-    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    # Playwright's synchronous API runs an event loop in this thread while
+    # it lives, which Django takes for async code; the ORM calls of these
+    # tests are synchronous. One browser per test, so that neither the loop
+    # nor this setting outlives it.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
         )
         yield chromium
         chromium.close()
+        # Django keeps connections per context, and the test's queries ran
+        # in the loop's: close them here, or they outlive the test.
+        connections.close_all()
 
 
 @pytest.fixture

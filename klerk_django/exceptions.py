@@ -34,8 +34,11 @@ class UnknownJob(KlerkError, LookupError):
 
     def __init__(self, name: str) -> None:
         super().__init__(
-            f"No job function is registered under the name {name!r}; it may "
-            "have been renamed or removed since the job was enqueued."
+            f"No job function is registered under the name {name!r}. It may "
+            "have been renamed or removed since the job was enqueued, or its "
+            "module is not imported by this process: klerk_django imports the "
+            "modules named in KLERK_AUTODISCOVER_MODULES (jobs, actions, "
+            "commands) of every installed app."
         )
         self.name = name
 
@@ -59,10 +62,11 @@ class UnknownCommand(KlerkError, LookupError):
 class RegistryConflict(KlerkError, ValueError):
     """Two different callables registered under one name."""
 
-    def __init__(self, kind: str, name: str) -> None:
+    def __init__(self, kind: str, name: str, existing: str = "", new: str = "") -> None:
+        holders = f" ({existing} and {new})" if existing and new else ""
         super().__init__(
-            f"A different {kind} is already registered under the name "
-            f"{name!r}; give one of them another name."
+            f"Two different {kind}s are registered under the name "
+            f"{name!r}{holders}; give one of them another name."
         )
         self.kind = kind
         self.name = name

@@ -7,6 +7,7 @@ makes it durable, and a worker can only see it once committed.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import re
@@ -23,7 +24,7 @@ from django.utils import timezone
 
 from . import arguments, database, retry, scope
 from .conf import settings
-from .exceptions import EnqueueOptionError, UnknownJob
+from .exceptions import ArgumentError, EnqueueOptionError, SettingsError, UnknownJob
 from .models import Job, JobStatus
 from .registry import Registry
 
@@ -37,17 +38,53 @@ QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}\Z")
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 
 
+# Options left unset take their value from a setting when a job is built,
+# so settings are read lazily and tests may override them.
+SETTING_OF = {
+    "queue": "KLERK_DEFAULT_QUEUE",
+    "max_attempts": "KLERK_MAX_ATTEMPTS",
+    "backoff_base_seconds": "KLERK_BACKOFF_BASE_SECONDS",
+    "backoff_max_seconds": "KLERK_BACKOFF_MAX_SECONDS",
+}
+# The names callers pass for options stored under another name.
+PUBLIC_NAME = {"backoff_base_seconds": "backoff_seconds"}
+
+
 @dataclass(frozen=True)
 class JobOptions:
-    """How a job is scheduled; never part of its arguments."""
+    """How a job is scheduled; never part of its arguments.
 
-    queue: str
-    priority: int
-    max_attempts: int
-    backoff_base_seconds: float
-    backoff_max_seconds: float
+    ``None`` means "take the setting's value when the job is built".
+    """
+
+    queue: str | None = None
+    priority: int = 0
+    max_attempts: int | None = None
+    backoff_base_seconds: float | None = None
+    backoff_max_seconds: float | None = None
     run_after: datetime | None = None
     delay: timedelta | None = None
+
+    def resolved(self) -> JobOptions:
+        """Return these options with settings filled in, or raise.
+
+        A setting that holds an unusable value raises SettingsError naming
+        the setting; an unusable option given in code raises
+        EnqueueOptionError naming the option.
+        """
+        filled = {
+            option: getattr(settings, setting.removeprefix("KLERK_"))
+            for option, setting in SETTING_OF.items()
+            if getattr(self, option) is None
+        }
+        try:
+            return validate_options(replace(self, **filled))
+        except EnqueueOptionError as error:
+            if error.option not in filled:
+                raise
+            raise SettingsError(
+                f"{SETTING_OF[error.option]} is unusable: {error}"
+            ) from error
 
 
 class JobFunction:
@@ -59,6 +96,7 @@ class JobFunction:
         self.options = options
         self.__doc__ = target.__doc__
         self.__wrapped__ = target
+        self._signature: inspect.Signature | None = None
 
     def __repr__(self) -> str:
         return f"<JobFunction {self.name}>"
@@ -66,6 +104,21 @@ class JobFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the function here and now, as a worker would."""
         return self.target(*args, **kwargs)
+
+    def _check_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        # A call the function cannot accept would fail on every attempt;
+        # refuse it now, where the caller can see why.
+        if self._signature is None:
+            try:
+                self._signature = inspect.signature(self.target)
+            except (TypeError, ValueError):
+                return
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as error:
+            raise ArgumentError(
+                f"Job {self.name!r} cannot be called with these arguments: {error}."
+            ) from None
 
     def using(
         self,
@@ -107,8 +160,9 @@ class JobFunction:
         Runs in the caller's transaction on the jobs' database (autocommit
         outside one). Raises ArgumentError for arguments that are not JSON.
         """
+        self._check_call(args, kwargs)
         packed = arguments.pack(args, kwargs)
-        job = _build(self, packed)
+        job = _build(self, self.options.resolved(), packed)
 
         job.save(using=database.alias(), force_insert=True)
 
@@ -129,10 +183,12 @@ class JobFunction:
         per ``batch_size`` jobs. Every call's arguments are checked before
         anything is written, so one bad call stores no job at all.
         """
-        built = [
-            _build(self, arguments.pack(tuple(args), dict(kwargs)))
-            for args, kwargs in calls
-        ]
+        options = self.options.resolved()
+        built = []
+        for index, call in enumerate(calls):
+            args, kwargs = _call_pair(index, call)
+            self._check_call(args, kwargs)
+            built.append(_build(self, options, arguments.pack(args, kwargs)))
 
         Job.objects.using(database.alias()).bulk_create(built, batch_size=batch_size)
 
@@ -159,15 +215,11 @@ def job(
     def register(func: Callable[..., Any]) -> JobFunction:
         options = validate_options(
             JobOptions(
-                queue=queue if queue is not None else settings.DEFAULT_QUEUE,
+                queue=queue,
                 priority=priority,
-                max_attempts=_default(max_attempts, settings.MAX_ATTEMPTS),
-                backoff_base_seconds=_default(
-                    backoff_seconds, settings.BACKOFF_BASE_SECONDS
-                ),
-                backoff_max_seconds=_default(
-                    backoff_max_seconds, settings.BACKOFF_MAX_SECONDS
-                ),
+                max_attempts=max_attempts,
+                backoff_base_seconds=backoff_seconds,
+                backoff_max_seconds=backoff_max_seconds,
             )
         )
         job_name = name or f"{func.__module__}.{func.__qualname__}"
@@ -186,18 +238,26 @@ def get_job_function(name: str) -> JobFunction:
 
 
 def validate_options(options: JobOptions) -> JobOptions:
-    """Return ``options`` or raise EnqueueOptionError naming the bad one."""
-    if not isinstance(options.queue, str) or not QUEUE_NAME.match(options.queue):
-        _bad("queue", options.queue, "1 to 100 letters, digits or _.:-")
+    """Return ``options`` or raise EnqueueOptionError naming the bad one.
+
+    Options left to the settings (``None``) are checked once resolved.
+    """
+    queue = options.queue
+    if queue is not None and (
+        not isinstance(queue, str) or not QUEUE_NAME.match(queue)
+    ):
+        _bad("queue", queue, "1 to 100 letters, digits or _.:-")
     if not _is_int(options.priority) or not INT_MIN <= options.priority <= INT_MAX:
         _bad("priority", options.priority, f"an integer from {INT_MIN} to {INT_MAX}")
     attempts = options.max_attempts
-    if not _is_int(attempts) or not 1 <= attempts <= INT_MAX:
+    if attempts is not None and (not _is_int(attempts) or not 1 <= attempts <= INT_MAX):
         _bad(
             "max_attempts", attempts, f"an integer of at least 1 and at most {INT_MAX}"
         )
     for option in ("backoff_base_seconds", "backoff_max_seconds"):
         value = getattr(options, option)
+        if value is None:
+            continue
         if not _is_number(value) or not 0 <= value <= retry.MAX_DELAY_SECONDS:
             _bad(
                 option,
@@ -224,8 +284,9 @@ def _validate_start(options: JobOptions) -> None:
         _bad("run_after", run_after, "a naive datetime, since USE_TZ is off")
 
 
-def _build(job_function: JobFunction, packed: dict[str, Any]) -> Job:
-    options = job_function.options
+def _build(
+    job_function: JobFunction, options: JobOptions, packed: dict[str, Any]
+) -> Job:
     now = database.python_now()
     run_after = options.run_after or now
     if options.delay is not None:
@@ -248,6 +309,17 @@ def _build(job_function: JobFunction, packed: dict[str, Any]) -> Job:
         created_at=now,
         command_id=current.record_id if current else None,
     )
+
+
+def _call_pair(index: int, call: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    try:
+        args, kwargs = call
+        return tuple(args), dict(kwargs)
+    except (TypeError, ValueError):
+        raise ArgumentError(
+            f"enqueue_many takes (args, kwargs) pairs such as ((1,), {{}}); "
+            f"item {index} is {call!r}."
+        ) from None
 
 
 def _remember(job: Job) -> None:
@@ -298,27 +370,34 @@ def _update_in_batches(
     batch_size: int,
 ) -> int:
     db = database.alias()
-    if isinstance(jobs, QuerySet):
-        selection = jobs.using(db).filter(eligible)
-    else:
-        selection = Job.objects.using(db).filter(eligible, pk__in=list(jobs))
+    changed = 0
+    for batch in _batches(jobs, eligible, batch_size):
+        with transaction.atomic(using=db):
+            selected = Job.objects.using(db).filter(eligible, pk__in=batch)
+            changed += selected.update(**changes)
+    return changed
+
+
+def _batches(
+    jobs: QuerySet[Job] | Iterable[int], eligible: Q, batch_size: int
+) -> Iterable[list[int]]:
+    if not isinstance(jobs, QuerySet):
+        ids = sorted(set(jobs))
+        for start in range(0, len(ids), batch_size):
+            yield ids[start : start + batch_size]
+        return
 
     # Keyset pages keep memory flat and each transaction short, however
     # many rows are selected; the update re-checks the state it expects.
-    changed, last_pk = 0, 0
+    selection = jobs.using(database.alias()).filter(eligible)
+    last_pk = 0
     while True:
         page = selection.filter(pk__gt=last_pk).order_by("pk")
         batch = list(page.values_list("pk", flat=True)[:batch_size])
         if not batch:
-            return changed
+            return
         last_pk = batch[-1]
-        with transaction.atomic(using=db):
-            selected = Job.objects.using(db).filter(eligible, pk__in=batch)
-            changed += selected.update(**changes)
-
-
-def _default(value: Any, fallback: Any) -> Any:
-    return fallback if value is None else value
+        yield batch
 
 
 def _as_timedelta(value: timedelta | float) -> timedelta:
@@ -341,6 +420,7 @@ def _is_number(value: Any) -> bool:
 
 
 def _bad(option: str, value: Any, expected: str) -> NoReturn:
+    public = PUBLIC_NAME.get(option, option)
     raise EnqueueOptionError(
-        f"Job option {option!r} must be {expected}, got {value!r}.", option, value
+        f"Job option {public!r} must be {expected}, got {value!r}.", option, value
     )

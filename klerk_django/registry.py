@@ -33,7 +33,12 @@ class Registry(Generic[T]):
         self._check_name(name)
         existing = self._entries.get(name)
         if existing is not None and _identity(existing) != _identity_of(identity):
-            raise RegistryConflict(self.kind, name)
+            raise RegistryConflict(
+                self.kind,
+                name,
+                ".".join(_identity(existing)),
+                ".".join(_identity_of(identity)),
+            )
         self._entries[name] = entry
 
     def _check_name(self, name: object) -> None:

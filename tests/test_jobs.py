@@ -12,7 +12,8 @@ from datetime import timezone as dt_timezone
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from klerk_django import attempts, cancel_jobs, job, leases, retry_jobs
@@ -428,3 +429,103 @@ def test_due_jobs_are_found_in_berlin(use_tz, database_zone, tmp_path):
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
+
+
+# Mistakes a new user makes: each gets an error that names what is wrong.
+
+
+@pytest.mark.django_db
+def test_an_unusable_default_queue_setting_is_named_at_enqueue(settings):
+    from klerk_django import job
+    from klerk_django.exceptions import SettingsError
+
+    settings.KLERK_DEFAULT_QUEUE = "my queue"
+
+    @job(name="tests.lazy_default_queue")
+    def lazy(value):
+        return value
+
+    with pytest.raises(SettingsError, match="KLERK_DEFAULT_QUEUE"):
+        lazy.enqueue(1)
+    assert not Job.objects.filter(name="tests.lazy_default_queue").exists()
+
+
+@pytest.mark.django_db
+def test_defaults_follow_settings_changed_after_registration(settings):
+    from klerk_django import job
+
+    @job(name="tests.late_settings")
+    def late(value):
+        return value
+
+    settings.KLERK_MAX_ATTEMPTS = 7
+    settings.KLERK_DEFAULT_QUEUE = "later"
+
+    stored = late.enqueue(1)
+
+    assert (stored.max_attempts, stored.queue) == (7, "later")
+
+
+def test_a_bad_backoff_is_reported_under_the_name_the_caller_used():
+    from klerk_django import job
+    from klerk_django.exceptions import EnqueueOptionError
+
+    with pytest.raises(EnqueueOptionError, match="'backoff_seconds'"):
+
+        @job(name="tests.bad_backoff", backoff_seconds=-1)
+        def bad(value):
+            return value
+
+
+@pytest.mark.django_db
+def test_arguments_the_function_cannot_accept_are_refused_before_any_sql(
+    django_assert_num_queries,
+):
+    from klerk_django.exceptions import ArgumentError
+
+    with django_assert_num_queries(0):
+        with pytest.raises(ArgumentError, match="tests.record.*unexpected keyword"):
+            record.enqueue("a", extra=2)
+        with pytest.raises(ArgumentError, match="tests.record.*too many"):
+            record.enqueue("a", "b", "c")
+
+
+@pytest.mark.django_db
+def test_enqueue_many_names_an_item_that_is_not_a_pair():
+    from klerk_django.exceptions import ArgumentError
+
+    with pytest.raises(ArgumentError, match=r"item 1 is 2"):
+        record.enqueue_many([(("a",), {}), 2])
+    assert not Job.objects.exists()
+
+
+def test_two_functions_under_one_name_are_both_named():
+    from klerk_django import job
+    from klerk_django.exceptions import RegistryConflict
+
+    @job(name="tests.clash")
+    def first(value):
+        return value
+
+    with pytest.raises(RegistryConflict, match="first.*second"):
+
+        @job(name="tests.clash")
+        def second(value):
+            return value
+
+
+@pytest.mark.django_db
+def test_retry_of_an_id_list_sends_each_id_once():
+    from klerk_django.jobs import retry_jobs
+
+    ids = [record.enqueue(str(index)).pk for index in range(25)]
+    Job.objects.filter(pk__in=ids).update(status=JobStatus.FAILED)
+
+    with CaptureQueriesContext(connection) as queries:
+        changed = retry_jobs(ids, batch_size=10)
+
+    assert changed == 25
+    sent = [query["sql"] for query in queries.captured_queries]
+    assert len([sql for sql in sent if "UPDATE" in sql]) == 3
+    # The ids are split into batches; no query carries the whole list.
+    assert not [sql for sql in sent if sql.lstrip().startswith("SELECT")]

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
-from django.db import close_old_connections, transaction
+from django.db import OperationalError, close_old_connections, transaction
 
 from . import arguments, database, scope
 from .conf import settings
@@ -28,6 +28,8 @@ from .models import Action, ActionStatus
 from .registry import Registry
 
 logger = logging.getLogger(__name__)
+
+OUTCOME_TRIES = 5
 
 registry: Registry[ActionFunction] = Registry("action", UnknownAction)
 
@@ -181,19 +183,42 @@ def _finish(action: Action, status: str, exc: BaseException | None) -> None:
     if exc is not None:
         error = arguments.scrub_text(f"{type(exc).__name__}: {exc}")
         text = arguments.scrub_text(traceback.format_exc())
-    try:
-        Action.objects.using(database.alias()).filter(pk=action.pk).update(
-            status=status,
-            finished_at=database.python_now(),
-            error=error,
-            traceback=text,
-        )
-    except Exception:
-        logger.exception(
-            "action outcome not recorded action_id=%s action=%s",
-            action.pk,
-            action.name,
-        )
+    finished = Action.objects.using(database.alias()).filter(pk=action.pk)
+
+    # A busy or dropped database must not leave the action "running" for
+    # good: the outcome write is retried a few times on a fresh connection.
+    for attempt in range(1, OUTCOME_TRIES + 1):
+        try:
+            finished.update(
+                status=status,
+                finished_at=database.python_now(),
+                error=error,
+                traceback=text,
+            )
+            return
+        except OperationalError:
+            logger.warning(
+                "action outcome not recorded, retrying action_id=%s action=%s try=%s",
+                action.pk,
+                action.name,
+                attempt,
+            )
+            _discard_connection()
+            time.sleep(min(0.2 * 2**attempt, 3.0))
+        except Exception:
+            break
+    logger.error(
+        "action outcome not recorded action_id=%s action=%s",
+        action.pk,
+        action.name,
+        exc_info=True,
+    )
+
+
+def _discard_connection() -> None:
+    conn = database.connection()
+    if not conn.in_atomic_block:
+        conn.close()
 
 
 def run_orphans(limit: int = 100) -> int:

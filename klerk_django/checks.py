@@ -155,6 +155,31 @@ def check_database(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
     ]
 
 
+@register(Tags.database, Tags.compatibility)
+def check_sqlite_locking(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    """Warn when SQLite would fail writers at once instead of queueing them."""
+    entry = django_settings.DATABASES.get(_value("KLERK_DATABASE"), {})
+    return sqlite_locking_warnings(entry)
+
+
+def sqlite_locking_warnings(entry: dict[str, Any]) -> list[Warning]:
+    if not str(entry.get("ENGINE", "")).endswith("sqlite3"):
+        return []
+    options = entry.get("OPTIONS", {})
+    if str(options.get("transaction_mode", "")).upper() == "IMMEDIATE":
+        return []
+    return [
+        Warning(
+            "The jobs' SQLite database starts transactions deferred: with a "
+            "worker and a web process writing at once, transactions fail "
+            "with 'database is locked' instead of waiting for each other.",
+            hint='Add "OPTIONS": {"transaction_mode": "IMMEDIATE", '
+            '"timeout": 20} to this DATABASES entry.',
+            id="klerk_django.W002",
+        )
+    ]
+
+
 def _error(name: str, value: Any, expected: str, code: str) -> Error:
     return Error(
         f"{name} must be {expected}, got {value!r}.", id=f"klerk_django.{code}"

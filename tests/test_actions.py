@@ -225,3 +225,30 @@ def test_action_name_longer_than_its_column_is_refused():
 
     with pytest.raises(ValueError, match="at most 200 characters"):
         action(name="a" * 201)(undecorated)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_outcome_write_that_fails_once_is_retried(monkeypatch):
+    from django.db import OperationalError
+    from django.db.models import QuerySet
+
+    from klerk_django import actions as actions_module
+    from tests.testapp.actions import note_action
+
+    real_update = QuerySet.update
+    failures = []
+
+    def flaky_update(self, **changes):
+        if changes.get("status") == "succeeded" and not failures:
+            failures.append(1)
+            raise OperationalError("database is locked")
+        return real_update(self, **changes)
+
+    monkeypatch.setattr(QuerySet, "update", flaky_update)
+    monkeypatch.setattr(actions_module.time, "sleep", lambda seconds: None)
+
+    stored = note_action.request("flaky")
+
+    stored.refresh_from_db()
+    assert failures == [1]
+    assert stored.status == "succeeded"

@@ -91,3 +91,13 @@ def test_jobs_on_another_database_alias_are_a_warning(settings, monkeypatch):
 
     assert [m.id for m in messages] == ["klerk_django.W001"]
     assert "'jobs'" in messages[0].msg
+
+
+def test_sqlite_without_immediate_transactions_is_warned_about():
+    from klerk_django.checks import sqlite_locking_warnings
+
+    entry = {"ENGINE": "django.db.backends.sqlite3", "NAME": "x.sqlite3"}
+    assert [w.id for w in sqlite_locking_warnings(entry)] == ["klerk_django.W002"]
+
+    entry["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 20}
+    assert sqlite_locking_warnings(entry) == []

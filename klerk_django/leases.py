@@ -63,7 +63,10 @@ class ClaimedJob:
 
 
 def claim(
-    worker_id: uuid.UUID, queues: Sequence[str] | None, limit: int
+    worker_id: uuid.UUID,
+    queues: Sequence[str] | None,
+    limit: int,
+    lease_seconds: float | None = None,
 ) -> list[ClaimedJob]:
     """Claim up to ``limit`` ready jobs, highest priority first.
 
@@ -73,7 +76,7 @@ def claim(
     if limit < 1:
         return []
     conn = database.connection()
-    lease_seconds = float(settings.LEASE_SECONDS)
+    lease_seconds = float(lease_seconds or settings.LEASE_SECONDS)
 
     if conn.vendor in ("postgresql", "sqlite"):
         rows = _claim_returning(conn, worker_id, queues, limit, lease_seconds)
@@ -191,7 +194,9 @@ def _claimed(row: tuple[Any, ...]) -> ClaimedJob:
     )
 
 
-def renew(worker_id: uuid.UUID, job_ids: Iterable[int]) -> set[int]:
+def renew(
+    worker_id: uuid.UUID, job_ids: Iterable[int], lease_seconds: float | None = None
+) -> set[int]:
     """Push the leases of ``job_ids`` forward; return those no longer held."""
     ids = set(job_ids)
     if not ids:
@@ -201,7 +206,8 @@ def renew(worker_id: uuid.UUID, job_ids: Iterable[int]) -> set[int]:
         pk__in=ids, status=JobStatus.RUNNING, worker_id=worker_id
     )
 
-    renewed = held.update(lease_expires_at=database.later(settings.LEASE_SECONDS))
+    lease = float(lease_seconds or settings.LEASE_SECONDS)
+    renewed = held.update(lease_expires_at=database.later(lease))
     if renewed == len(ids):
         return set()
     still_held = set(held.values_list("pk", flat=True))

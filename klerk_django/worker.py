@@ -49,6 +49,9 @@ class WorkerOptions:
     poll_seconds: float = 1.0
     grace_seconds: float = 30.0
     listen: bool = True
+    # None: KLERK_LEASE_SECONDS. Heartbeats come at least three times per
+    # lease, whatever KLERK_HEARTBEAT_SECONDS says.
+    lease_seconds: float | None = None
 
 
 class Worker:
@@ -175,7 +178,9 @@ class Worker:
         if free < 1:
             return []
         database.connection().close_if_unusable_or_obsolete()
-        claimed = leases.claim(self.id, self.options.queues or None, free)
+        claimed = leases.claim(
+            self.id, self.options.queues or None, free, self.options.lease_seconds
+        )
         if claimed:
             logger.debug("jobs claimed worker=%s count=%s", self.id, len(claimed))
         return claimed
@@ -231,6 +236,8 @@ class Worker:
         no error ends it, and a failing recovery never delays a heartbeat.
         """
         heartbeat = float(settings.HEARTBEAT_SECONDS)
+        if self.options.lease_seconds:
+            heartbeat = min(heartbeat, self.options.lease_seconds / 3)
         recovery = float(settings.RECOVERY_SECONDS)
         next_recovery = 0.0
         failures = 0
@@ -271,7 +278,7 @@ class Worker:
     def _heartbeat(self) -> None:
         with self.lock:
             held = list(self.running)
-        lost = leases.renew(self.id, held)
+        lost = leases.renew(self.id, held, self.options.lease_seconds)
 
         with self.lock:
             lost = {job_id for job_id in lost if job_id in self.running}

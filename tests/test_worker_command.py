@@ -114,3 +114,29 @@ def test_stop_signal_is_safe_while_the_main_loop_holds_a_lock():
     )
 
     assert finished.stdout.strip() == b"stopping", finished.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_lease_seconds_option_sets_the_lease_of_claimed_jobs():
+    from klerk_django.models import Job, JobStatus
+    from tests.testapp.jobs import sleep
+    from tests.workers import running_worker, wait_for
+
+    job = sleep.enqueue("lease", 3.0)
+
+    with running_worker("--lease-seconds", "7", "--grace-seconds", "10"):
+        held = wait_for(
+            lambda: Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING)
+            .exclude(lease_expires_at=None)
+            .first()
+        )
+
+    lease = (held.lease_expires_at - held.started_at).total_seconds()
+    assert 6.0 <= lease <= 7.5
+
+
+def test_lease_seconds_must_be_above_zero():
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="--lease-seconds"):
+        call_command("klerk_worker", "--lease-seconds", "0")

@@ -51,6 +51,13 @@ class Command(BaseCommand):
             help="Longest wait between looks for ready jobs (KLERK_POLL_SECONDS).",
         )
         parser.add_argument(
+            "--lease-seconds",
+            type=float,
+            default=None,
+            help="How long a claim lasts without a heartbeat before another "
+            "worker may run the job again (KLERK_LEASE_SECONDS).",
+        )
+        parser.add_argument(
             "--grace-seconds",
             type=float,
             default=None,
@@ -91,6 +98,13 @@ class Command(BaseCommand):
                 poll,
                 f"a number of seconds above 0 and at most {MAX_POLL_SECONDS:.0f}",
             )
+        lease, source = _pick(options, "lease_seconds", "LEASE_SECONDS")
+        if not _is_number(lease) or not 0 < lease <= MAX_POLL_SECONDS:
+            raise _bad(
+                source,
+                lease,
+                f"a number of seconds above 0 and at most {MAX_POLL_SECONDS:.0f}",
+            )
         grace, source = _pick(options, "grace_seconds", "SHUTDOWN_GRACE_SECONDS")
         if not _is_number(grace) or grace < 0:
             raise _bad(source, grace, "a number of seconds, 0 or more")
@@ -103,6 +117,7 @@ class Command(BaseCommand):
             poll_seconds=float(poll),
             grace_seconds=float(grace),
             listen=bool(settings.LISTEN),
+            lease_seconds=float(lease),
         )
 
 

@@ -21,7 +21,11 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import model_ngettext, unquote
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import (
+    ImproperlyConfigured,
+    PermissionDenied,
+    ValidationError,
+)
 from django.db import DatabaseError, models, transaction
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.http import (
@@ -588,7 +592,7 @@ class JobAdmin(KlerkAdmin):
 
         try:
             copy = enqueue_copy(job)
-        except (KlerkError, DatabaseError) as exc:
+        except (KlerkError, ImproperlyConfigured, DatabaseError) as exc:
             logger.warning("admin copy failed job_id=%s error=%s", job.pk, exc)
             text = f"Could not enqueue a copy of job #{job.pk}: {exc}"
             self.message_user(request, text, messages.ERROR)

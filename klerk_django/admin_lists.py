@@ -22,7 +22,6 @@ from django.utils.functional import cached_property
 
 from . import stats
 from .admin_pages import registered_queues
-from .conf import settings
 from .jobs import registry
 
 COUNT_CAP = 10_000
@@ -94,7 +93,7 @@ class KnownValuesFilter(admin.AllValuesFieldListFilter):
         super().__init__(field, request, params, model, model_admin, field_path)
         values = set(self.known_values(model_admin.get_queryset(request)))
         values.update(self.lookup_val or [])
-        self.lookup_choices = sorted(values)
+        self.lookup_choices = sorted(str(value) for value in values if value)
 
     def known_values(self, queryset: QuerySet) -> list[str]:
         field = self.field_path
@@ -106,8 +105,7 @@ class QueueFilter(KnownValuesFilter):
     """Queues of registered job functions and of the newest jobs."""
 
     def known_values(self, queryset: QuerySet) -> list[str]:
-        default = [str(settings.DEFAULT_QUEUE)]
-        return registered_queues() + default + super().known_values(queryset)
+        return registered_queues() + super().known_values(queryset)
 
 
 class JobNameFilter(KnownValuesFilter):

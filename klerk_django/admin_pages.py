@@ -17,6 +17,7 @@ from django.utils import timezone
 from django.utils.http import urlencode
 
 from . import display, stats
+from .conf import settings
 from .jobs import registry
 from .models import Job, JobStatus, Worker
 
@@ -102,7 +103,10 @@ def _with_registered_queues(
 
 def registered_queues() -> list[str]:
     """Return the queues of every registered job function."""
-    return [registry.get(name).options.queue for name in registry.names()]
+    # A job function that names no queue uses the default queue.
+    default = str(settings.DEFAULT_QUEUE)
+    queues = (registry.get(name).options.queue for name in registry.names())
+    return [default if queue is None else queue for queue in queues]
 
 
 def _overview_row(

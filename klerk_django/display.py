@@ -236,10 +236,10 @@ def minute_chart(series: MinuteSeries, width: int = 820, height: int = 220) -> C
         )
         for name, counts in values.items()
     ]
-    grid = [(y(value), value) for value in (0, peak // 2, peak) if value or not peak]
+    grid = [(y(value), value) for value in sorted({0, peak // 2, peak})]
     # The newest tick ends at the right edge, so its label must too.
     ticks = [
-        (x(minutes - 1 - ago), f"-{ago} min" if ago else "now", "middle")
+        (x(minutes - 1 - ago), f"-{ago} min", "middle")
         for ago in range(15, minutes, 15)
     ] + [(x(minutes - 1), "now", "end")]
     columns = [

@@ -535,3 +535,25 @@ def test_queues_page_lists_idle_queues_of_registered_job_functions(admin_client)
 
     rows = {row["queue"]: row for row in response.context["rows"]}
     assert rows["default"]["ready"] == 0 and rows["default"]["lag"] == "-"
+
+
+def test_chart_scales_to_a_round_peak_with_a_zero_line():
+    now = timezone.now()
+    series = stats.MinuteSeries(now, [0] * 59 + [7], [0] * 60, [3] + [0] * 59)
+
+    chart = display.minute_chart(series, width=640, height=220)
+
+    assert [value for _, value in chart.grid] == [0, 5, 10]
+    started = chart.lines[0].points.split()
+    assert started[0] == f"{chart.left}.0,{chart.bottom}.0"
+    assert started[-1].startswith(f"{chart.right}.0,")
+    assert [label for _, label, _ in chart.ticks][-1] == "now"
+
+
+@override_settings(KLERK_DEFAULT_QUEUE="fallback")
+def test_job_functions_without_a_queue_show_the_default_queue(admin_client):
+    jobs = admin_client.get(url(Job, "changelist"))
+    queues = admin_client.get(reverse(QUEUES))
+
+    assert jobs.status_code == 200 and "?queue=fallback" in jobs.content.decode()
+    assert "fallback" in {row["queue"] for row in queues.context["rows"]}

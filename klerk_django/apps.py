@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from importlib.util import find_spec
+
 from django.apps import AppConfig
 
 
@@ -18,3 +20,10 @@ class KlerkConfig(AppConfig):
         # Job, action and command names are resolved through registries, so
         # every process must import the modules that register them.
         autodiscover_modules(*settings.AUTODISCOVER_MODULES)
+
+        # Django's task functions are registered the same way when a
+        # Klerk tasks backend is configured (Django 6.0 or newer).
+        if find_spec("django.tasks") is not None:
+            from .tasks_backend import discover_tasks
+
+            discover_tasks()

@@ -139,7 +139,9 @@ def _check_lease() -> list[Error]:
     return []
 
 
-@register(Tags.database, Tags.compatibility)
+# Not tagged "database": Django 6 runs such checks only for the aliases
+# given to ``manage.py check --database``, and these read settings alone.
+@register(Tags.compatibility)
 def check_database(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
     alias = _value("KLERK_DATABASE")
     if alias == "default" or alias not in django_settings.DATABASES:
@@ -155,7 +157,7 @@ def check_database(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
     ]
 
 
-@register(Tags.database, Tags.compatibility)
+@register(Tags.compatibility)
 def check_sqlite_locking(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
     """Warn when SQLite would fail writers at once instead of queueing them."""
     entry = django_settings.DATABASES.get(_value("KLERK_DATABASE"), {})

@@ -14,7 +14,7 @@ class KlerkConfig(AppConfig):
     def ready(self) -> None:
         from django.utils.module_loading import autodiscover_modules
 
-        from . import builtin_jobs, checks  # noqa: F401  (they register)
+        from . import builtin_jobs, chaos, checks  # noqa: F401  (they register)
         from .conf import settings
 
         # Job, action and command names are resolved through registries, so

@@ -21,6 +21,9 @@ _EXPORTS = {
     "handle": "commands",
     "get_command": "commands",
     "current_job": "attempts",
+    "get_result": "results",
+    "JobResult": "results",
+    "JobNotFound": "results",
 }
 
 __all__ = sorted(_EXPORTS)

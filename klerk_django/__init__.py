@@ -22,6 +22,7 @@ _EXPORTS = {
     "get_command": "commands",
     "current_job": "attempts",
     "get_result": "results",
+    "report_progress": "attempts",
     "JobResult": "results",
     "JobNotFound": "results",
 }

@@ -23,6 +23,7 @@ from typing import Any
 from django.db import DataError, Error, IntegrityError, transaction
 
 from . import arguments, database, leases
+from .exceptions import ArgumentError
 from .jobs import get_job_function
 from .leases import ClaimedJob
 from .models import Attempt, Job, JobStatus
@@ -51,6 +52,46 @@ _context: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(
 def current_job() -> JobContext | None:
     """Return the context of the job running in this thread, if any."""
     return _context.get()
+
+
+def report_progress(progress: float | dict[str, Any]) -> bool:
+    """Store how far the running job has come; return whether it still holds.
+
+    ``progress`` is a fraction from 0 to 1 or a dict of JSON values. One
+    UPDATE, guarded by the lease like the outcome: a job whose lease was
+    taken over writes nothing and gets False. Raises RuntimeError outside
+    a running job and ArgumentError for other values.
+    """
+    context = _context.get()
+    if context is None:
+        raise RuntimeError(
+            "report_progress() was called outside a running job; only a job "
+            "function run by a worker may call it."
+        )
+    value = _checked_progress(progress)
+
+    held = Job.objects.using(database.alias()).filter(
+        pk=context.job_id,
+        status=JobStatus.RUNNING,
+        worker_id=context.worker_id,
+        attempts=context.attempt,
+    )
+    return bool(held.update(progress=value))
+
+
+def _checked_progress(progress: Any) -> Any:
+    if isinstance(progress, (int, float)) and not isinstance(progress, bool):
+        if not 0 <= progress <= 1:
+            raise ArgumentError(
+                f"Progress must be a fraction from 0 to 1, got {progress!r}."
+            )
+        return float(progress)
+    if isinstance(progress, dict):
+        arguments.check(progress, "progress")
+        return progress
+    raise ArgumentError(
+        f"Progress must be a fraction from 0 to 1 or a dict, got {progress!r}."
+    )
 
 
 def run(

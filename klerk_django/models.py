@@ -106,6 +106,8 @@ class Job(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     result = models.JSONField(null=True, blank=True)
+    # What the running job last said about itself: a fraction or a dict.
+    progress = models.JSONField(null=True, blank=True)
     command = models.ForeignKey(
         CommandRecord,
         null=True,

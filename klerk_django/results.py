@@ -32,12 +32,13 @@ class AttemptResult:
 
 @dataclass(frozen=True)
 class JobResult:
-    """A job's status, return value and attempts at one moment."""
+    """A job's status, return value, progress and attempts at one moment."""
 
     job_id: int
     name: str
     status: str
     result: Any
+    progress: Any
     last_error: str
     attempts: tuple[AttemptResult, ...]
 
@@ -76,6 +77,7 @@ def get_result(job_id: int) -> JobResult:
         name=job.name,
         status=job.status,
         result=job.result,
+        progress=job.progress,
         last_error=job.last_error,
         attempts=attempts,
     )

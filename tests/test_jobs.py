@@ -529,4 +529,4 @@ def test_retry_of_an_id_list_sends_each_id_once():
     assert len([sql for sql in sent if "UPDATE" in sql]) == 3
     # The ids are split into batches: no query reads the jobs to page
     # through them (PostgreSQL's wake-up is a SELECT of pg_notify only).
-    assert not [sql for sql in sent if "SELECT" in sql and "klerk_job" in sql]
+    assert not [sql for sql in sent if "SELECT" in sql and "pg_notify" not in sql]

@@ -8,6 +8,7 @@ missing browser must not pass unnoticed.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,15 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# The screenshots in docs/ are refreshed by a run with this variable set,
+# e.g. KLERK_UPDATE_SCREENSHOTS=1 uv run pytest tests/browser; other runs
+# take them too, into a temporary folder, so they never dirty the tree.
+DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+SCREENSHOTS = (
+    DOCS_SCREENSHOTS
+    if os.environ.get("KLERK_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / f"klerk-screenshots-{os.getpid()}"
+)
 # Safety net for a hung page, never a measurement.
 TIMEOUT_MS = 30_000
 
@@ -67,7 +76,7 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 def screenshot(page: Any, name: str) -> Path:
-    """Save a full-page screenshot as docs/screenshots/``name``."""
+    """Save a full-page screenshot as ``name`` in SCREENSHOTS."""
     # The admin's navigation sidebar sticks to the top of the window, so a
     # full-page picture would show it in the middle of the page.
     if page.locator("#nav-sidebar").is_visible():

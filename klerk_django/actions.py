@@ -21,7 +21,7 @@ from typing import Any
 
 from django.db import OperationalError, close_old_connections, transaction
 
-from . import arguments, database, scope
+from . import arguments, calling, database, scope
 from .conf import settings
 from .exceptions import UnknownAction
 from .models import Action, ActionStatus
@@ -146,7 +146,7 @@ def run(action_id: int) -> bool:
     try:
         function = registry.get(claimed.name)
         args, kwargs = arguments.unpack(claimed.arguments)
-        function.target(*args, **kwargs)
+        calling.call(function.target, args, kwargs)
     except BaseException as exc:
         _finish(claimed, ActionStatus.FAILED, exc)
         logger.error(

@@ -22,7 +22,7 @@ from typing import Any
 
 from django.db import DataError, Error, IntegrityError, transaction
 
-from . import arguments, database, leases
+from . import arguments, calling, database, leases
 from .exceptions import ArgumentError
 from .jobs import get_job_function
 from .leases import ClaimedJob
@@ -114,7 +114,7 @@ def run(
     try:
         function = get_job_function(claimed.name)
         args, kwargs = arguments.unpack(claimed.arguments)
-        result = function.target(*args, **kwargs)
+        result = calling.call(function.target, args, kwargs)
     except BaseException as exc:  # SystemExit from a job is its failure too
         outcome = _Failure(exc, traceback.format_exc())
     else:

@@ -75,6 +75,7 @@ class Worker:
             max_workers=options.concurrency, thread_name_prefix="klerk-job"
         )
         self.jobs_done = 0
+        self._tuned: object = None
         self.orphans: threading.Thread | None = None
 
     def stop(self) -> None:
@@ -178,12 +179,30 @@ class Worker:
         if free < 1:
             return []
         database.connection().close_if_unusable_or_obsolete()
+        self._skip_flush_for_claims()
         claimed = leases.claim(
             self.id, self.options.queues or None, free, self.options.lease_seconds
         )
         if claimed:
             logger.debug("jobs claimed worker=%s count=%s", self.id, len(claimed))
         return claimed
+
+    def _skip_flush_for_claims(self) -> None:
+        """Let this thread's claims commit without waiting for the disk.
+
+        A claim lost in a database crash only returns its jobs to the
+        queue, where they run again, as after any crash; their outcomes are
+        written by the job threads' connections, which keep waiting for the
+        flush. Only the main thread's connection claims, so the setting is
+        made once per connection, on PostgreSQL.
+        """
+        conn = database.connection()
+        conn.ensure_connection()
+        if conn.vendor != "postgresql" or conn.connection is self._tuned:
+            return
+        with conn.cursor() as cursor:
+            cursor.execute("SET synchronous_commit = off")
+        self._tuned = conn.connection
 
     def _start(self, job: ClaimedJob) -> None:
         with self.lock:
@@ -330,11 +349,7 @@ class Worker:
     def _drain(self) -> int:
         """Wait for running jobs; interrupt those still running at the end."""
         deadline = time.monotonic() + self.options.grace_seconds
-        while (
-            self.running
-            and time.monotonic() < deadline
-            and not self.forced.is_set()
-        ):
+        while self.running and time.monotonic() < deadline and not self.forced.is_set():
             self.wake.wait(0.1)
             self.wake.clear()
 

@@ -212,6 +212,7 @@ def _succeed(claimed: ClaimedJob, worker_id: uuid.UUID, result: Any) -> str:
             status=JobStatus.SUCCEEDED,
             finished_at=database.now(conn),
             lease_expires_at=None,
+            active_unique_key=None,
             result=arguments.scrub(result),
             last_error="",
         )
@@ -262,7 +263,11 @@ def _write_failure(
         }
     else:
         status = JobStatus.FAILED
-        changes = {"status": status, "finished_at": database.now(conn)}
+        changes = {
+            "status": status,
+            "finished_at": database.now(conn),
+            "active_unique_key": None,
+        }
 
     with transaction.atomic(using=db):
         changed = _guarded(claimed, worker_id).update(

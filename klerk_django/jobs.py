@@ -7,7 +7,9 @@ makes it durable, and a worker can only see it once committed.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import logging
 import math
 import re
@@ -17,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 from django.conf import settings as django_settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -36,6 +38,10 @@ registry: Registry[JobFunction] = Registry("job function", UnknownJob)
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}\Z")
 # Priority and attempt counts are 32-bit integer columns on every database.
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+UNIQUE_KEY_MAX = 255
+# Each try of a unique enqueue either inserts or finds the holder of the
+# key; it finds none only if that job finished in between.
+UNIQUE_TRIES = 5
 
 
 # Options left unset take their value from a setting when a job is built,
@@ -64,6 +70,8 @@ class JobOptions:
     backoff_max_seconds: float | None = None
     run_after: datetime | None = None
     delay: timedelta | None = None
+    unique: bool = False
+    unique_key: str | None = None
 
     def resolved(self) -> JobOptions:
         """Return these options with settings filled in, or raise.
@@ -130,12 +138,20 @@ class JobFunction:
         delay: timedelta | float | None = None,
         backoff_seconds: float | None = None,
         backoff_max_seconds: float | None = None,
+        unique: bool | None = None,
+        unique_key: str | None = None,
     ) -> JobFunction:
         """Return this job function with other scheduling options.
 
-        ``None`` means "keep the default"; an explicit 0 is honoured.
+        ``None`` means "keep the default"; an explicit 0 is honoured. A
+        ``unique_key`` makes the job unique under that key.
         """
         changes: dict[str, Any] = {}
+        if unique is not None:
+            changes["unique"] = unique
+        if unique_key is not None:
+            changes["unique"] = True
+            changes["unique_key"] = unique_key
         if queue is not None:
             changes["queue"] = queue
         if priority is not None:
@@ -164,6 +180,8 @@ class JobFunction:
         packed = arguments.pack(args, kwargs)
         job = _build(self, self.options.resolved(), packed)
 
+        if job.unique_key is not None:
+            return _enqueue_unique(job)
         job.save(using=database.alias(), force_insert=True)
 
         _remember(job)
@@ -184,6 +202,10 @@ class JobFunction:
         anything is written, so one bad call stores no job at all.
         """
         options = self.options.resolved()
+        if options.unique:
+            # Each may meet a duplicate, which one INSERT cannot report.
+            pairs = [_call_pair(index, call) for index, call in enumerate(calls)]
+            return [self.enqueue(*args, **kwargs) for args, kwargs in pairs]
         built = []
         for index, call in enumerate(calls):
             args, kwargs = _call_pair(index, call)
@@ -206,10 +228,13 @@ def job(
     max_attempts: int | None = None,
     backoff_seconds: float | None = None,
     backoff_max_seconds: float | None = None,
+    unique: bool = False,
 ) -> Any:
     """Register a function as a job; use as ``@job`` or ``@job(...)``.
 
     ``max_attempts`` counts every run, the first included: 1 means no retry.
+    ``unique`` refuses a second job with the same arguments while one is
+    ready or running: enqueue returns that one instead.
     """
 
     def register(func: Callable[..., Any]) -> JobFunction:
@@ -220,6 +245,7 @@ def job(
                 max_attempts=max_attempts,
                 backoff_base_seconds=backoff_seconds,
                 backoff_max_seconds=backoff_max_seconds,
+                unique=unique,
             )
         )
         job_name = name or f"{func.__module__}.{func.__qualname__}"
@@ -265,7 +291,18 @@ def validate_options(options: JobOptions) -> JobOptions:
                 f"a number of seconds from 0 to {retry.MAX_DELAY_SECONDS:.0f}",
             )
     _validate_start(options)
+    _validate_unique(options)
     return options
+
+
+def _validate_unique(options: JobOptions) -> None:
+    if not isinstance(options.unique, bool):
+        _bad("unique", options.unique, "True or False")
+    key = options.unique_key
+    if key is not None and (
+        not isinstance(key, str) or not 1 <= len(key) <= UNIQUE_KEY_MAX
+    ):
+        _bad("unique_key", key, f"a string of 1 to {UNIQUE_KEY_MAX} characters")
 
 
 def _validate_start(options: JobOptions) -> None:
@@ -296,6 +333,7 @@ def _build(
             _bad("delay", options.delay, "a delay that ends before the year 10000")
 
     current = scope.current()
+    key = _unique_key(job_function.name, options, packed)
     return Job(
         name=job_function.name,
         queue=options.queue,
@@ -308,6 +346,55 @@ def _build(
         backoff_max_seconds=options.backoff_max_seconds,
         created_at=now,
         command_id=current.record_id if current else None,
+        unique_key=key,
+        active_unique_key=key,
+    )
+
+
+def _unique_key(name: str, options: JobOptions, packed: dict[str, Any]) -> str | None:
+    if not options.unique:
+        return None
+    if options.unique_key is not None:
+        return options.unique_key
+    text = json.dumps([name, packed], sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return f"{name[:UNIQUE_KEY_MAX - 65]}:{digest}"
+
+
+def _enqueue_unique(job: Job) -> Job:
+    """Insert ``job`` or return the ready or running job holding its key.
+
+    The insert runs in a savepoint, so a refused one leaves the caller's
+    transaction usable. While another transaction holds an uncommitted job
+    with the key, the database makes this one wait for its end.
+    """
+    db = database.alias()
+    for _ in range(UNIQUE_TRIES):
+        try:
+            with transaction.atomic(using=db):
+                job.save(using=db, force_insert=True)
+        except IntegrityError:
+            job.pk = None
+            holder = Job.objects.using(db).filter(
+                active_unique_key=job.active_unique_key
+            )
+            existing = holder.first()
+            if existing is None:
+                continue
+            existing.is_duplicate = True
+            logger.info(
+                "duplicate job not enqueued job_id=%s job=%s key=%s",
+                existing.pk,
+                existing.name,
+                existing.unique_key,
+            )
+            return existing
+        _remember(job)
+        logger.debug("unique job enqueued job_id=%s job=%s", job.pk, job.name)
+        return job
+    raise IntegrityError(
+        f"Unique job {job.name!r} with key {job.unique_key!r} was neither "
+        f"stored nor found after {UNIQUE_TRIES} tries."
     )
 
 
@@ -340,6 +427,7 @@ def retry_jobs(jobs: QuerySet[Job] | Iterable[int], batch_size: int = 1000) -> i
         "run_after": database.now(),
         "finished_at": None,
         "max_attempts": Greatest(F("max_attempts"), F("attempts") + 1),
+        "active_unique_key": F("unique_key"),
     }
     eligible = Q(status__in=[JobStatus.FAILED, JobStatus.CANCELLED])
     changed = _update_in_batches(jobs, eligible, changes, batch_size)
@@ -356,7 +444,11 @@ def cancel_jobs(jobs: QuerySet[Job] | Iterable[int], batch_size: int = 1000) -> 
 
     A running job is not interrupted: it is left alone and not counted.
     """
-    changes = {"status": JobStatus.CANCELLED, "finished_at": database.now()}
+    changes = {
+        "status": JobStatus.CANCELLED,
+        "finished_at": database.now(),
+        "active_unique_key": None,
+    }
     eligible = Q(status=JobStatus.READY)
     changed = _update_in_batches(jobs, eligible, changes, batch_size)
     logger.info("jobs cancelled count=%s", changed)
@@ -372,9 +464,31 @@ def _update_in_batches(
     db = database.alias()
     changed = 0
     for batch in _batches(jobs, eligible, batch_size):
-        with transaction.atomic(using=db):
-            selected = Job.objects.using(db).filter(eligible, pk__in=batch)
-            changed += selected.update(**changes)
+        try:
+            with transaction.atomic(using=db):
+                selected = Job.objects.using(db).filter(eligible, pk__in=batch)
+                changed += selected.update(**changes)
+        except IntegrityError:
+            changed += _update_one_by_one(db, batch, eligible, changes)
+    return changed
+
+
+def _update_one_by_one(
+    db: str, batch: list[int], eligible: Q, changes: dict[str, Any]
+) -> int:
+    """Update each job alone, leaving those the database refuses.
+
+    A retried unique job whose key another ready or running job holds now
+    stays as it is: running it again would make the duplicate.
+    """
+    changed = 0
+    for pk in batch:
+        try:
+            with transaction.atomic(using=db):
+                selected = Job.objects.using(db).filter(eligible, pk=pk)
+                changed += selected.update(**changes)
+        except IntegrityError:
+            logger.warning("job left alone, its unique key is taken job_id=%s", pk)
     return changed
 
 

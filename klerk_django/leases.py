@@ -267,6 +267,7 @@ def _interrupt(
         changes: dict[str, Any] = {
             "status": JobStatus.FAILED,
             "finished_at": database.now(conn),
+            "active_unique_key": None,
         }
         level, outcome = logging.ERROR, "failed"
     else:

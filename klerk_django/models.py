@@ -108,6 +108,14 @@ class Job(models.Model):
     result = models.JSONField(null=True, blank=True)
     # What the running job last said about itself: a fraction or a dict.
     progress = models.JSONField(null=True, blank=True)
+    # A unique job's key, kept for good; the active copy holds it only
+    # while the job is ready or running, so that its plain unique
+    # constraint refuses a duplicate on every database, MariaDB included,
+    # which has no partial indexes.
+    unique_key = models.CharField(max_length=255, null=True, blank=True)
+    active_unique_key = models.CharField(
+        max_length=255, null=True, blank=True, editable=False
+    )
     command = models.ForeignKey(
         CommandRecord,
         null=True,
@@ -118,6 +126,10 @@ class Job(models.Model):
     )
 
     objects = JobQuerySet.as_manager()
+
+    # Set on the Job that enqueue returns: True when an equal unique job was
+    # already ready or running and that one is returned instead.
+    is_duplicate = False
 
     class Meta:
         db_table = "klerk_job"
@@ -131,6 +143,11 @@ class Job(models.Model):
                 fields=["status", "created_at"], name="klerk_job_status_created"
             ),
             models.Index(fields=["name"], name="klerk_job_name"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["active_unique_key"], name="klerk_job_active_unique_key"
+            )
         ]
 
     def __str__(self) -> str:

@@ -68,3 +68,8 @@ async def async_action(key: str) -> None:
 @job(name="tests.request_async_action")
 def request_async_action(key: str) -> None:
     async_action.request(key)
+
+
+@job(name="tests.unique_noop", unique=True)
+def unique_noop(*args, **kwargs) -> None:
+    """Do nothing, at most once at a time for each set of arguments."""

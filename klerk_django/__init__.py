@@ -23,6 +23,8 @@ _EXPORTS = {
     "current_job": "attempts",
     "get_result": "results",
     "report_progress": "attempts",
+    "pause_queue": "queues",
+    "resume_queue": "queues",
     "JobResult": "results",
     "JobNotFound": "results",
 }

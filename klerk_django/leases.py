@@ -30,7 +30,7 @@ from django.utils.dateparse import parse_datetime
 
 from . import database, retry
 from .conf import settings
-from .models import Attempt, Job, JobStatus
+from .models import Attempt, Job, JobStatus, Queue
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ CLAIM_SQL = """
     WHERE id IN (
         SELECT id FROM klerk_job
         WHERE status = 'ready' {queue_filter} AND run_after <= {now}
+            AND queue NOT IN (SELECT name FROM klerk_queue WHERE paused)
         ORDER BY priority DESC, run_after, id
         LIMIT %s {lock}
     )
@@ -157,7 +158,8 @@ def _claim_locking(
         )
         if queues:
             ready = ready.filter(queue__in=list(queues))
-        ready = ready.select_for_update(skip_locked=True)
+        paused = Queue.objects.using(db).filter(paused=True).values("name")
+        ready = ready.exclude(queue__in=paused).select_for_update(skip_locked=True)
         ids = list(
             ready.order_by("-priority", "run_after", "id").values_list(
                 "id", flat=True

@@ -253,3 +253,18 @@ class Worker(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.hostname}:{self.pid})"
+
+
+class Queue(models.Model):
+    """A queue's shared switch: workers claim no job of a paused queue."""
+
+    name = models.CharField(max_length=100, primary_key=True)
+    paused = models.BooleanField(default=False)
+    paused_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "klerk_queue"
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (paused)" if self.paused else self.name

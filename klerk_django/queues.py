@@ -1,0 +1,97 @@
+"""Queues: pause and resume a queue for every worker at once.
+
+A paused queue is a row in ``klerk_queue``; the claim statement skips the
+jobs of paused queues, so pausing takes effect at every worker's next
+claim. Jobs already running are left to finish. Enqueueing into a paused
+queue still works: the jobs wait, ready, until it is resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Q
+
+from . import database, notify
+from .exceptions import EnqueueOptionError
+from .jobs import JobOptions, validate_options
+from .models import Job, JobStatus, Queue
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """A queue's switch and how many of its jobs are ready or running."""
+
+    name: str
+    paused: bool
+    ready: int
+    running: int
+
+
+def pause_queue(name: str) -> None:
+    """Stop every worker from claiming jobs of queue ``name``."""
+    _set_paused(name, True)
+    logger.info("queue paused queue=%s", name)
+
+
+def resume_queue(name: str) -> None:
+    """Let workers claim jobs of queue ``name`` again, and wake them."""
+    _set_paused(name, False)
+    notify.wake_workers(name)
+    logger.info("queue resumed queue=%s", name)
+
+
+def paused_queues() -> list[str]:
+    """Return the names of the paused queues."""
+    rows = Queue.objects.using(database.alias()).filter(paused=True)
+    return list(rows.values_list("name", flat=True))
+
+
+def queue_states() -> list[QueueState]:
+    """Return every queue that has a switch or ready or running jobs."""
+    db = database.alias()
+    counts = (
+        Job.objects.using(db)
+        .filter(status__in=[JobStatus.READY, JobStatus.RUNNING])
+        .values("queue")
+        .annotate(
+            ready=Count("pk", filter=Q(status=JobStatus.READY)),
+            running=Count("pk", filter=Q(status=JobStatus.RUNNING)),
+        )
+        .order_by()
+    )
+    by_name = {row["queue"]: (row["ready"], row["running"]) for row in counts}
+    paused = set(paused_queues())
+    switches = Queue.objects.using(db).values_list("name", flat=True)
+    names = sorted(set(by_name) | set(switches))
+    return [
+        QueueState(name, name in paused, *by_name.get(name, (0, 0))) for name in names
+    ]
+
+
+def _set_paused(name: str, paused: bool) -> None:
+    try:
+        validate_options(JobOptions(queue=name))
+    except EnqueueOptionError:
+        raise EnqueueOptionError(
+            f"Queue name must be 1 to 100 letters, digits or _.:-, got {name!r}.",
+            "queue",
+            name,
+        ) from None
+
+    db = database.alias()
+    paused_at = database.python_now() if paused else None
+    changes = {"paused": paused, "paused_at": paused_at}
+    # Two processes may create the row at once; the loser updates it.
+    for _ in range(2):
+        try:
+            with transaction.atomic(using=db):
+                Queue.objects.using(db).update_or_create(name=name, defaults=changes)
+            return
+        except IntegrityError:
+            continue
+    Queue.objects.using(db).filter(name=name).update(**changes)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import json
 import logging
 import time
 import traceback
@@ -205,8 +206,27 @@ def _guarded(claimed: ClaimedJob, worker_id: uuid.UUID) -> Any:
     )
 
 
+SUCCEED_SQL = """
+    WITH finished AS (
+        UPDATE klerk_job
+        SET status = 'succeeded', finished_at = STATEMENT_TIMESTAMP(),
+            lease_expires_at = NULL, result = %s::jsonb, last_error = ''
+        WHERE id = %s AND status = 'running' AND worker_id = %s AND attempts = %s
+        RETURNING id, attempts, worker_id, started_at, finished_at
+    )
+    INSERT INTO klerk_attempt
+        (job_id, number, worker_id, started_at, finished_at, outcome, error,
+         traceback)
+    SELECT id, attempts, worker_id, started_at, finished_at, 'succeeded', '', ''
+    FROM finished
+    RETURNING job_id
+"""
+
+
 def _succeed(claimed: ClaimedJob, worker_id: uuid.UUID, result: Any) -> str:
     db, conn = database.alias(), database.connection()
+    if conn.vendor == "postgresql" and not conn.in_atomic_block:
+        return _succeed_in_one_statement(claimed, worker_id, result)
     with transaction.atomic(using=db):
         changed = _guarded(claimed, worker_id).update(
             status=JobStatus.SUCCEEDED,
@@ -222,13 +242,25 @@ def _succeed(claimed: ClaimedJob, worker_id: uuid.UUID, result: Any) -> str:
     return JobStatus.SUCCEEDED
 
 
+def _succeed_in_one_statement(
+    claimed: ClaimedJob, worker_id: uuid.UUID, result: Any
+) -> str:
+    # One round trip, committed on its own, instead of BEGIN, UPDATE,
+    # INSERT and COMMIT: success is by far the most frequent outcome.
+    conn = database.connection()
+    stored = arguments.scrub(result)
+    value = None if stored is None else json.dumps(stored)
+    with conn.cursor() as cursor:
+        cursor.execute(SUCCEED_SQL, [value, claimed.id, worker_id, claimed.attempt])
+        finished = cursor.fetchone()
+    return JobStatus.SUCCEEDED if finished else ""
+
+
 def _fail(claimed: ClaimedJob, worker_id: uuid.UUID, failure: _Failure) -> str:
     return _write_failure(claimed, worker_id, failure.error, failure.traceback)
 
 
-def _fail_plainly(
-    claimed: ClaimedJob, worker_id: uuid.UUID, exc: Error
-) -> str:
+def _fail_plainly(claimed: ClaimedJob, worker_id: uuid.UUID, exc: Error) -> str:
     error = (
         f"The outcome of attempt {claimed.attempt} could not be stored "
         f"({type(exc).__name__}); see the worker log."

@@ -18,6 +18,9 @@ DEFAULTS: dict[str, Any] = {
     "KLERK_DEFAULT_QUEUE": "default",
     # Total attempts of a job, the first run included: 4 means 3 retries.
     "KLERK_MAX_ATTEMPTS": 4,
+    # Days a finished job or action is kept; workers delete older ones once
+    # an hour. None keeps them forever.
+    "KLERK_RETENTION_DAYS": 30,
     "KLERK_BACKOFF_BASE_SECONDS": 3.0,
     "KLERK_BACKOFF_FACTOR": 3.0,
     "KLERK_BACKOFF_MAX_SECONDS": 3600.0,

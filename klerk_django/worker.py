@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from django.db import Error, close_old_connections
 
-from . import actions, attempts, database, leases, notify
+from . import actions, attempts, database, leases, notify, retention
 from .conf import settings
 from .leases import ClaimedJob
 from .models import Worker as WorkerRecord
@@ -77,6 +77,7 @@ class Worker:
         self.jobs_done = 0
         self._tuned: object = None
         self.orphans: threading.Thread | None = None
+        self.pruner: threading.Thread | None = None
 
     def stop(self) -> None:
         """Stop claiming; running jobs finish within the grace period.
@@ -258,7 +259,7 @@ class Worker:
         if self.options.lease_seconds:
             heartbeat = min(heartbeat, self.options.lease_seconds / 3)
         recovery = float(settings.RECOVERY_SECONDS)
-        next_recovery = 0.0
+        next_recovery = next_prune = 0.0
         failures = 0
         wait = 0.0
         while not self.drained.wait(wait):
@@ -266,6 +267,9 @@ class Worker:
             if time.monotonic() >= next_recovery:
                 healthy = self._maintenance_step("recovery", self._recover) and healthy
                 next_recovery = time.monotonic() + recovery
+            if time.monotonic() >= next_prune:
+                self._start_pruner()
+                next_prune = time.monotonic() + PRUNE_SECONDS
 
             failures = 0 if healthy else failures + 1
             wait = min(heartbeat, recovery)
@@ -319,6 +323,16 @@ class Worker:
                 target=_run_orphaned_actions, name="klerk-orphans", daemon=True
             )
             self.orphans.start()
+
+    def _start_pruner(self) -> None:
+        # A large backlog takes long to delete; heartbeats must not wait.
+        if settings.RETENTION_DAYS is None:
+            return
+        if self.pruner is None or not self.pruner.is_alive():
+            self.pruner = threading.Thread(
+                target=_prune_old, name="klerk-retention", daemon=True
+            )
+            self.pruner.start()
 
     def _register(self) -> None:
         failures = 0
@@ -382,6 +396,22 @@ RECONNECT_MAX_SECONDS = 5.0
 def reconnect_delay(failures: int) -> float:
     """Return the wait after ``failures`` database errors in a row."""
     return min(0.5 * 2 ** min(max(failures, 1) - 1, 10), RECONNECT_MAX_SECONDS)
+
+
+# Workers delete old finished jobs and actions this often, when
+# KLERK_RETENTION_DAYS is not None.
+PRUNE_SECONDS = 3600.0
+
+
+def _prune_old() -> None:
+    try:
+        days = retention.retention_days()
+        if days is not None:
+            retention.prune(days)
+    except Exception:
+        logger.exception("old jobs and actions not pruned")
+    finally:
+        _close_broken_connections()
 
 
 def _run_orphaned_actions() -> None:

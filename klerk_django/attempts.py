@@ -210,7 +210,8 @@ SUCCEED_SQL = """
     WITH finished AS (
         UPDATE klerk_job
         SET status = 'succeeded', finished_at = STATEMENT_TIMESTAMP(),
-            lease_expires_at = NULL, result = %s::jsonb, last_error = ''
+            lease_expires_at = NULL, result = %s::jsonb, last_error = '',
+            active_unique_key = NULL
         WHERE id = %s AND status = 'running' AND worker_id = %s AND attempts = %s
         RETURNING id, attempts, worker_id, started_at, finished_at
     )

@@ -167,3 +167,23 @@ def test_outcome_lost_to_the_database_is_not_blamed_on_the_lease(monkeypatch, ca
     messages = [entry.getMessage() for entry in caplog.records]
     assert any("outcome lost, lease recovery will requeue" in m for m in messages)
     assert not any("lease lost" in m for m in messages)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_success_in_autocommit_records_everything_the_finish_must():
+    # Outside a transaction, PostgreSQL records a success in one statement;
+    # it must leave the job as the general path does.
+    from tests.testapp.control_jobs import unique_noop
+
+    first = unique_noop.enqueue("autocommit")
+    worker = uuid.uuid4()
+    (claimed,) = leases.claim(worker, None, 1)
+
+    assert attempts.run(claimed, worker) == JobStatus.SUCCEEDED
+
+    job = Job.objects.get(pk=first.pk)
+    assert job.status == JobStatus.SUCCEEDED
+    assert job.lease_expires_at is None and job.finished_at is not None
+    assert job.active_unique_key is None
+    assert Attempt.objects.filter(job=job, number=1, outcome="succeeded").exists()
+    assert not unique_noop.enqueue("autocommit").is_duplicate

@@ -85,18 +85,21 @@ class Worker:
         A second call stops waiting for running jobs: they are returned to
         the queue as interrupted attempts.
         """
-        if self.stopping.is_set():
-            logger.warning("worker stopping now worker=%s", self.id)
-            self.forced.set()
-        else:
-            logger.info(
-                "worker stopping worker=%s running=%s grace_s=%s",
-                self.id,
-                len(self.running),
-                self.options.grace_seconds,
-            )
+        # Set before the log line, so that whoever reads the line may rely
+        # on no further claim.
+        second = self.stopping.is_set()
         self.stopping.set()
         self.wake.set()
+        if second:
+            self.forced.set()
+            logger.warning("worker stopping now worker=%s", self.id)
+            return
+        logger.info(
+            "worker stopping worker=%s running=%s grace_s=%s",
+            self.id,
+            len(self.running),
+            self.options.grace_seconds,
+        )
 
     def stop_on_signals(
         self, signums: Sequence[int] = (signal.SIGTERM, signal.SIGINT)

@@ -73,3 +73,9 @@ def request_async_action(key: str) -> None:
 @job(name="tests.unique_noop", unique=True)
 def unique_noop(*args, **kwargs) -> None:
     """Do nothing, at most once at a time for each set of arguments."""
+
+
+@job(name="tests.async_double")
+async def async_double(value: int) -> int:
+    await asyncio.sleep(0)
+    return value * 2

@@ -161,6 +161,9 @@ class Worker:
         failures = 0
         while not self.stopping.is_set():
             self.wake.clear()
+            # Whether a job ran when the claim began: one that ends during
+            # the claim may leave a retry due, which burst mode must see.
+            busy = bool(self.running)
             free = self.options.concurrency - len(self.running)
             try:
                 claimed = self._claim(free)
@@ -172,7 +175,7 @@ class Worker:
 
             for job in claimed:
                 self._start(job)
-            if self.options.burst and not claimed and not self.running:
+            if self.options.burst and not (claimed or busy or self.running):
                 logger.info("worker found nothing ready, exiting worker=%s", self.id)
                 return
             if claimed and len(claimed) == free:

@@ -494,3 +494,23 @@ def test_slow_orphaned_actions_do_not_hold_up_heartbeats(monkeypatch, settings):
         thread.join(60)
 
     assert outcomes(job) == [(1, "succeeded")]
+
+
+def test_burst_claims_again_when_a_job_finished_during_its_claim():
+    from klerk_django.worker import Worker, WorkerOptions
+
+    worker = Worker(WorkerOptions(burst=True, concurrency=2, poll_seconds=0.01))
+    worker.running[1] = None
+    claims = []
+
+    def claim(free):
+        claims.append(free)
+        # The running job ends while this claim runs; its retry may be due
+        # now, so the worker must look once more before it exits.
+        worker.running.clear()
+        return []
+
+    worker._claim = claim
+    worker._loop()
+
+    assert len(claims) == 2

@@ -15,7 +15,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         for name in ("postgresql", "mysql", "sqlite"):
             if item.get_closest_marker(name) and name != vendor:
-                item.add_marker(pytest.mark.skip(reason=f"needs {name}, runs on {vendor}"))
+                item.add_marker(
+                    pytest.mark.skip(reason=f"needs {name}, runs on {vendor}")
+                )
 
 
 @pytest.fixture

@@ -89,7 +89,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"}
+        "plain": {
+            "format": "%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"
+        }
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {"klerk_django": {"handlers": ["console"], "level": "INFO"}},

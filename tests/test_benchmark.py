@@ -7,7 +7,6 @@ import sys
 import pytest
 
 from klerk_django.models import Job
-
 from tests.workers import ROOT, worker_env
 
 KEYS = {
@@ -42,4 +41,3 @@ def test_klerk_bench_prints_every_figure_and_cleans_up():
     for key in KEYS - {"latency_ms", "worker_rss_growth_pct"}:
         assert figures[key] > 0, key
     assert not Job.objects.filter(queue="klerk-bench").exists()
-

@@ -112,3 +112,16 @@ def test_run_example_shows_retried_scheduled_jobs_and_actions_twice():
     assert set(Order.objects.values_list("status", flat=True)) == {"paid"}
     assert not Job.objects.exclude(status=JobStatus.SUCCEEDED).exists()
     assert Job.objects.filter(attempts__gt=1).exists()
+
+
+@pytest.mark.django_db
+def test_follow_up_is_asked_for_once_per_order_while_it_waits(customer):
+    from shop.jobs import follow_up
+
+    order = Order.objects.create(customer=customer, amount_cents=1_00)
+    first = follow_up.enqueue(order.pk)
+    again = follow_up.enqueue(order.pk)
+    other = follow_up.enqueue(order.pk + 1)
+
+    assert again.pk == first.pk and again.is_duplicate
+    assert not other.is_duplicate

@@ -56,7 +56,8 @@ def fraud_check(order_id: int) -> str:
     return "clear"
 
 
-@job(name="shop.follow_up", queue=QUEUE)
+# Unique: one pending follow-up per order, however often it is asked for.
+@job(name="shop.follow_up", queue=QUEUE, unique=True)
 def follow_up(order_id: int) -> str:
     """Record that the customer was asked how the order went."""
     updated = Order.objects.filter(pk=order_id, followed_up_at=None).update(

@@ -77,6 +77,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     errors += _check_backoff_factor()
     errors += _check_queue()
     errors += _check_lease()
+    errors += _check_retention()
     return errors
 
 
@@ -121,6 +122,19 @@ def _check_queue() -> list[Error]:
         return []
     expected = "a queue name of 1 to 100 letters, digits or _.:-"
     return [_error("KLERK_DEFAULT_QUEUE", queue, expected, "E010")]
+
+
+def _check_retention() -> list[Error]:
+    from .retention import MAX_DAYS, check_days
+
+    days = _value("KLERK_RETENTION_DAYS")
+    try:
+        if days is not None:
+            check_days(days)
+    except ValueError:
+        expected = f"None or a number of days from 0 to {MAX_DAYS}"
+        return [_error("KLERK_RETENTION_DAYS", days, expected, "E011")]
+    return []
 
 
 def _check_lease() -> list[Error]:

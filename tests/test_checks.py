@@ -35,6 +35,9 @@ INVALID = [
     ("KLERK_MAX_ARGUMENTS_BYTES", True, "E006"),
     ("KLERK_MAX_ARGUMENTS_BYTES", 1.5, "E006"),
     ("KLERK_DATABASE", "missing", "E007"),
+    ("KLERK_RETENTION_DAYS", -1, "E011"),
+    ("KLERK_RETENTION_DAYS", "30", "E011"),
+    ("KLERK_RETENTION_DAYS", NAN, "E011"),
     ("KLERK_BACKOFF_FACTOR", 0.5, "E009"),
     ("KLERK_BACKOFF_FACTOR", NAN, "E009"),
     ("KLERK_BACKOFF_FACTOR", INF, "E009"),
@@ -80,6 +83,7 @@ def test_valid_edge_values_pass(settings):
     settings.KLERK_BACKOFF_FACTOR = 1
     settings.KLERK_MAX_ARGUMENTS_BYTES = None
     settings.KLERK_MAX_ATTEMPTS = 1
+    settings.KLERK_RETENTION_DAYS = None
 
     assert klerk_messages() == []
 

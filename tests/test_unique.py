@@ -118,6 +118,16 @@ def test_retry_takes_the_key_back_only_while_no_other_job_holds_it():
 @pytest.mark.postgresql
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_enqueues_store_one_job():
+    enqueue_from_eight_threads()
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_enqueues_store_one_job_on_mariadb():
+    enqueue_from_eight_threads()
+
+
+def enqueue_from_eight_threads() -> None:
     start = threading.Barrier(8)
     results: list[tuple[int, bool]] = []
 

@@ -10,7 +10,7 @@ job functions and from a bounded number of the newest rows.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.contrib import admin
 from django.core.paginator import Paginator
@@ -47,7 +47,8 @@ class LargeTablePaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        queryset = self.object_list
+        # The admin pages through querysets only.
+        queryset = cast(QuerySet, self.object_list)
         estimate = _estimate(queryset)
         if estimate is not None and estimate > COUNT_CAP:
             return RowCount(estimate, f"about {estimate:,}")
@@ -93,7 +94,10 @@ class KnownValuesFilter(admin.AllValuesFieldListFilter):
         super().__init__(field, request, params, model, model_admin, field_path)
         values = set(self.known_values(model_admin.get_queryset(request)))
         values.update(self.lookup_val or [])
-        self.lookup_choices = sorted(str(value) for value in values if value)
+        # Django's stubs type the choices as a queryset; any sequence works.
+        self.lookup_choices = sorted(  # type: ignore[assignment]
+            str(value) for value in values if value
+        )
 
     def known_values(self, queryset: QuerySet) -> list[str]:
         field = self.field_path

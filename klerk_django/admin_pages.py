@@ -150,7 +150,8 @@ def _worker_row(worker: Worker) -> dict[str, Any]:
         "url": admin_url(Worker, "change", worker.pk),
         "host": f"{worker.hostname}:{worker.pid}",
         "queues": ", ".join(map(str, worker.queues)) or "all",
-        "running": worker.running_jobs,
+        # Annotated by WorkerAdmin.get_queryset, not a model field.
+        "running": getattr(worker, "running_jobs", 0),
         "running_url": job_list_url(worker_id=worker.pk, status__exact="running"),
         "concurrency": worker.concurrency,
         "heartbeat": display.relative_html(worker.last_heartbeat_at),

@@ -112,14 +112,14 @@ def run(
     )
     token = _context.set(context)
     started = time.monotonic()
+    outcome: _Failure | None = None
+    result: Any = None
     try:
         function = get_job_function(claimed.name)
         args, kwargs = arguments.unpack(claimed.arguments)
         result = calling.call(function.target, args, kwargs)
     except BaseException as exc:  # SystemExit from a job is its failure too
         outcome = _Failure(exc, traceback.format_exc())
-    else:
-        outcome = None
     finally:
         _context.reset(token)
     duration_ms = (time.monotonic() - started) * 1000

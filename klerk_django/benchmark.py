@@ -144,7 +144,9 @@ def command_rate(count: int) -> float:
 def bulk_rate(count: int) -> float:
     """Return jobs per second enqueued in bulk in one transaction."""
     job = noop.using(queue=QUEUE)
-    calls = [((index,), {}) for index in range(count)]
+    calls: list[tuple[tuple[int], dict[str, Any]]] = [
+        ((index,), {}) for index in range(count)
+    ]
     started = time.perf_counter()
     with transaction.atomic(using=database.alias()):
         job.enqueue_many(calls)
@@ -266,6 +268,7 @@ def pickup_latency(count: int) -> dict[str, float]:
     delays = sorted(
         (started.timestamp() - committed[pk]) * 1000
         for pk, started in rows.values_list("pk", "started_at")
+        if started is not None
     )
     return {
         "p50": round(_percentile(delays, 50), 3),

@@ -70,7 +70,7 @@ STATUSES = {
 }
 
 RESULT_ID = re.compile(r"^[0-9]{1,19}$")
-NAME_LENGTH = Job._meta.get_field("name").max_length
+NAME_LENGTH: int = Job._meta.get_field("name").max_length or 200
 
 
 class JobFailure(KlerkError):
@@ -111,7 +111,7 @@ class KlerkTask(Task):
         retry = {name: value for name, value in retry.items() if value is not None}
 
         # A slots dataclass breaks the bare super() of its methods.
-        task = Task.using(self, **changes)
+        task: Any = Task.using(self, **changes)
         return replace(task, **retry) if retry else task
 
 
@@ -183,7 +183,9 @@ class KlerkBackend(BaseTaskBackend):
         self.validate_task(task)
         function = TaskJob(task, self._checked_options(task))
 
-        job = function.enqueue(*normalize_json(args), **normalize_json(kwargs))
+        stored_args: list[Any] = normalize_json(args)  # type: ignore[assignment]
+        stored_kwargs: dict[str, Any] = normalize_json(kwargs)  # type: ignore[assignment]
+        job = function.enqueue(*stored_args, **stored_kwargs)
 
         result = _result(job, [], task, self.alias)
         transaction.on_commit(
@@ -323,7 +325,7 @@ def _result(job: Job, attempts: list[Attempt], task: Task, alias: str) -> TaskRe
         # The running attempt gets its row only once it ends.
         worker_ids.append(str(job.worker_id or ""))
 
-    result = TaskResult(
+    result: TaskResult[Any, Any] = TaskResult(
         task=_task_as_enqueued(task, job, alias),
         id=str(job.pk),
         status=STATUSES[JobStatus(job.status)],

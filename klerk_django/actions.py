@@ -21,7 +21,7 @@ from typing import Any
 
 from django.db import OperationalError, close_old_connections, transaction
 
-from . import arguments, calling, database, scope
+from . import arguments, calling, database, guards, scope
 from .conf import settings
 from .exceptions import UnknownAction
 from .models import Action, ActionStatus
@@ -50,6 +50,15 @@ class ActionFunction:
         return f"<ActionFunction {self.name}>"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the action here and now.
+
+        Raises SideEffectInCommand inside a command, which must request it.
+        """
+        guards.refuse_inside_command(
+            f"to call the action {self.name!r} directly",
+            f"Request it instead: {self.name}.request(...) runs it once the "
+            "command commits.",
+        )
         return self.target(*args, **kwargs)
 
     def request(self, *args: Any, **kwargs: Any) -> Action:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import commands  # noqa: F401  (registers "klerk.command")
 from .jobs import job
 
 

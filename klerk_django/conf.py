@@ -52,6 +52,12 @@ DEFAULTS: dict[str, Any] = {
         "api_key",
         "authorization",
     ),
+    # While a command runs, refuse mail and direct calls of job and action
+    # functions: the command's transaction may still roll back.
+    "KLERK_GUARD_SIDE_EFFECTS": True,
+    # Command inputs whose name contains one of these, ignoring case, are
+    # stored in command records as "********".
+    "KLERK_REDACTED_INPUTS": ("password", "secret", "token", "api_key"),
 }
 
 

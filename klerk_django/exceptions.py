@@ -74,3 +74,24 @@ class RegistryConflict(KlerkError, ValueError):
 
 class SettingsError(ImproperlyConfigured):
     """A ``KLERK_*`` setting with a value klerk_django cannot use."""
+
+
+class SideEffectInCommand(KlerkError, RuntimeError):
+    """A side effect (a mail, a direct job call) tried inside a command."""
+
+    def __init__(self, message: str, command: str) -> None:
+        super().__init__(message)
+        self.command = command
+
+
+class ScheduledCommandFailed(KlerkError, RuntimeError):
+    """A scheduled command that failed or was still running elsewhere."""
+
+    def __init__(self, name: str, outcome: str, record_id: Any) -> None:
+        super().__init__(
+            f"The scheduled command {name!r} ended {outcome!r} (record "
+            f"{record_id}); the job will run it again if attempts are left."
+        )
+        self.name = name
+        self.outcome = outcome
+        self.record_id = record_id

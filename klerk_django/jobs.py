@@ -24,7 +24,7 @@ from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from . import arguments, database, retry, scope
+from . import arguments, database, guards, retry, scope
 from .conf import settings
 from .exceptions import ArgumentError, EnqueueOptionError, SettingsError, UnknownJob
 from .models import Job, JobStatus
@@ -110,7 +110,15 @@ class JobFunction:
         return f"<JobFunction {self.name}>"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the function here and now, as a worker would."""
+        """Run the function here and now, as a worker would.
+
+        Raises SideEffectInCommand inside a command, which must enqueue it.
+        """
+        guards.refuse_inside_command(
+            f"to call the job function {self.name!r} directly",
+            f"Enqueue it instead: {self.name}.enqueue(...) runs it in a "
+            "worker once the command commits.",
+        )
         return self.target(*args, **kwargs)
 
     def _check_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

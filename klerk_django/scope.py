@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextvars
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .models import Action, Job
@@ -20,6 +20,7 @@ class CommandScope:
     record_id: uuid.UUID
     name: str
     dry_run: bool = False
+    actor: Any = None
     jobs: list[Job] = field(default_factory=list)
     actions: list[Action] = field(default_factory=list)
 

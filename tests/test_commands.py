@@ -178,8 +178,8 @@ def test_failed_job_insert_fails_the_whole_command(monkeypatch):
     taken = record.enqueue("taken")
     build = jobs._build
 
-    def build_with_taken_id(job_function, packed):
-        job = build(job_function, packed)
+    def build_with_taken_id(*args):
+        job = build(*args)
         job.pk = taken.pk
         return job
 

@@ -1,17 +1,19 @@
 """Commands for the tests: they write notes, enqueue jobs, request actions.
 
 ``stages`` records which stages of a command ran, in order; ``hooks`` lets
-a test put its own code inside ``RunHook.execute``. Tests reset both.
+a test put its own code inside ``RunHook.execute``; ``decisions`` holds
+what the authorization rules of ``Permitted`` answer. Tests reset all three.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from django import forms
 
-from klerk_django import Command, Problem, Rejected, handle
+from klerk_django import ALLOW, Command, Problem, Rejected, handle
 
 from .actions import note_action
 from .jobs import record
@@ -19,6 +21,7 @@ from .models import Note
 
 stages: list[str] = []
 hooks: dict[str, Callable[[Command], Any]] = {}
+decisions: dict[str, Any] = {}
 
 
 class AddNote(Command):
@@ -29,6 +32,7 @@ class AddNote(Command):
     """
 
     name = "tests.add_note"
+    permission = "testapp.add_note"
 
     class Inputs(forms.Form):
         text = forms.CharField(max_length=100)
@@ -44,6 +48,9 @@ class AddNote(Command):
             yield Problem("Notes may not say 'forbidden'.", "forbidden", "text")
         if self.inputs["text"] == "explode":
             raise RuntimeError("a rule failed to run")
+
+    def authorize(self, actor: Any) -> None:
+        stages.append("authorize")
 
     def execute(self) -> int:
         stages.append("execute")
@@ -91,12 +98,90 @@ class LockedNote(Command):
 
 
 class RunHook(Command):
-    """Run the test's function registered in ``hooks`` under ``key``."""
+    """Run the test's function registered in ``hooks`` under ``key``.
+
+    Every actor may run it: the tests decide what it does.
+    """
 
     name = "tests.run_hook"
 
     class Inputs(forms.Form):
         key = forms.CharField()
 
+    def authorize(self, actor: Any) -> Any:
+        return ALLOW
+
     def execute(self) -> Any:
         return hooks[self.inputs["key"]](self)
+
+
+class KeyedHook(RunHook):
+    """Run a hook under the lock of one account, read from clean inputs."""
+
+    name = "tests.keyed_hook"
+
+    class Inputs(forms.Form):
+        key = forms.CharField()
+        account = forms.IntegerField()
+
+    def lock_key(self) -> str:
+        return f"account:{self.inputs['account']}"
+
+
+class ApartHook(RunHook):
+    """Run a hook under a lock key that no other call shares."""
+
+    name = "tests.apart_hook"
+
+    def lock_key(self) -> str:
+        return f"apart:{uuid.uuid4().hex}"
+
+
+def decided_by_rule(actor: Any, command: Command) -> Any:
+    return decisions.get("rule")
+
+
+class Permitted(Command):
+    """Write a note; its rules answer what ``decisions`` holds."""
+
+    name = "tests.permitted"
+    permission = "testapp.add_note"
+    authorization = (decided_by_rule,)
+
+    class Inputs(forms.Form):
+        text = forms.CharField(max_length=100)
+
+    def validate(self) -> Iterator[Problem]:
+        stages.append("validate")
+        if self.inputs["text"] == "invalid":
+            yield Problem("The text is invalid.", "invalid_text", "text")
+
+    def authorize(self, actor: Any) -> Any:
+        stages.append("authorize")
+        return decisions.get("authorize")
+
+    def execute(self) -> int:
+        stages.append("execute")
+        return Note.objects.create(text=self.inputs["text"]).pk
+
+
+class SignUp(Command):
+    """Take a password and a pin, which records must never show."""
+
+    name = "tests.sign_up"
+    redacted_inputs = ("pin",)
+
+    class Inputs(forms.Form):
+        username = forms.CharField(max_length=100)
+        password = forms.CharField(min_length=8)
+        pin = forms.CharField(required=False)
+
+    def validate(self) -> Iterator[Problem]:
+        password = self.inputs["password"]
+        if password.startswith("password"):
+            yield Problem(f"{password!r} is too easy to guess.", "weak", "password")
+        if self.inputs["pin"] == "raise":
+            raise RuntimeError(f"cannot check {password}")
+
+    def execute(self) -> str:
+        return Note.objects.create(text=self.inputs["username"]).text

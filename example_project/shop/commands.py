@@ -21,6 +21,8 @@ class PlaceOrder(Command):
     """Place an order, charge it, check it, follow it up, send a receipt."""
 
     name = "shop.place_order"
+    # Who may place orders: users with the permission, and the system.
+    permission = "shop.add_order"
 
     class Inputs(forms.Form):
         customer = forms.CharField(max_length=100)

@@ -1,7 +1,11 @@
 """The example run: place orders, run workers until done, print what ran.
 
-1. migrate, and add the customers if they are missing;
-2. place orders through ``handle``, one of them rejected;
+1. migrate, and add the customers and the clerk if they are missing;
+2. preview the first order with a dry run, then place the orders through
+   ``handle`` as the clerk, each with an idempotency token; one order is
+   rejected by the command's rules. Send the first order again with its
+   token (it is not placed twice), and let a visitor without the
+   permission try one (authorization rejects it);
 3. run ``manage.py klerk_worker --burst`` in a new process until none of
    this run's jobs is ready or running, sleeping until the next job is due
    in between, so that retries and the scheduled follow-ups run too;
@@ -18,12 +22,14 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
+from django.contrib.auth.models import Permission, User
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db.models import QuerySet
@@ -50,7 +56,8 @@ ORDERS = [
     ("north-bakery", 23_75),
     ("unknown-shop", 2_500_00),
 ]
-ACTOR = "run_example"
+CLERK = "clerk"
+VISITOR = "visitor"
 # Safety nets against a hung run, not expectations of how long it takes.
 DEADLINE_SECONDS = 300.0
 WORKER_TIMEOUT_SECONDS = 120.0
@@ -99,10 +106,16 @@ def run(write: Write) -> Summary:
 def place_orders(write: Write) -> Placed:
     """Place every example order through ``handle`` and collect the results."""
     write("Placing orders")
+    clerk, visitor = shop_users()
+    tokens = [
+        f"example-{uuid.uuid4().hex[:12]}-{index}" for index in range(len(ORDERS))
+    ]
+
+    preview(clerk, write)
     placed = Placed()
-    for customer, amount_cents in ORDERS:
+    for (customer, amount_cents), token in zip(ORDERS, tokens, strict=True):
         command = PlaceOrder(customer=customer, amount_cents=amount_cents)
-        result = handle(command, actor=ACTOR)
+        result = handle(command, actor=clerk, token=token)
         if result.ok:
             _remember(placed, result)
             write(
@@ -112,10 +125,56 @@ def place_orders(write: Write) -> Placed:
             )
         else:
             placed.rejected += 1
-            write(f"  {result.outcome}: {customer}, {_money(amount_cents)}")
-            for problem in result.problems:
-                write(f"    - {problem.field or 'order'}: {problem.message}")
+            _write_rejection(result, f"{customer}, {_money(amount_cents)}", write)
+
+    send_again(clerk, tokens[0], write)
+    try_without_permission(visitor, write)
     return placed
+
+
+def shop_users() -> tuple[User, User]:
+    """Return the clerk, who may place orders, and a visitor, who may not."""
+    clerk, _ = User.objects.get_or_create(username=CLERK)
+    clerk.user_permissions.add(
+        Permission.objects.get(content_type__app_label="shop", codename="add_order")
+    )
+    visitor, _ = User.objects.get_or_create(username=VISITOR)
+    # Fresh objects: Django caches permissions on the instance.
+    return User.objects.get(pk=clerk.pk), User.objects.get(pk=visitor.pk)
+
+
+def preview(clerk: User, write: Write) -> None:
+    """Dry-run the first order: what it would do, with nothing kept."""
+    customer, amount_cents = ORDERS[0]
+    command = PlaceOrder(customer=customer, amount_cents=amount_cents)
+    result = handle(command, actor=clerk, dry_run=True)
+    write(
+        f"  preview (dry run): {customer}, {_money(amount_cents)} would store "
+        f"{len(result.jobs)} jobs and {len(result.actions)} action; nothing kept"
+    )
+
+
+def send_again(clerk: User, token: str, write: Write) -> None:
+    """Send the first order again with its token, as a client retrying."""
+    customer, amount_cents = ORDERS[0]
+    command = PlaceOrder(customer=customer, amount_cents=amount_cents)
+    result = handle(command, actor=clerk, token=token)
+    state = "answered from its record" if result.repeated else "placed again"
+    write(f"  sent again with the same token: order {result.value}, {state}")
+
+
+def try_without_permission(visitor: User, write: Write) -> None:
+    """Let a user without the shop.add_order permission try an order."""
+    customer, amount_cents = ORDERS[0]
+    command = PlaceOrder(customer=customer, amount_cents=amount_cents)
+    result = handle(command, actor=visitor)
+    _write_rejection(result, f"{visitor.username}, {customer}", write)
+
+
+def _write_rejection(result: CommandResult, what: str, write: Write) -> None:
+    write(f"  {result.outcome}: {what}")
+    for problem in result.problems:
+        write(f"    - {problem.field or 'order'}: {problem.message}")
 
 
 def _remember(placed: Placed, result: CommandResult) -> None:

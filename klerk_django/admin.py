@@ -874,6 +874,12 @@ class CommandRecordAdmin(KlerkAdmin):
     ]
     readonly_fields = fields
 
+    def get_urls(self) -> list[Any]:
+        from .command_admin import urls as command_urls
+
+        # Before the defaults: their catch-all would take these paths.
+        return [*command_urls(self), *super().get_urls()]
+
     @admin.display(description="outcome", ordering="outcome")
     def outcome_badge(self, record: CommandRecord) -> str:
         return badge(record.outcome)

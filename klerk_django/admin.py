@@ -87,7 +87,7 @@ class LeanChangeList(ChangeList):
 
     def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None):
         queryset = super().get_queryset(request, exclude_parameters)
-        return queryset.defer(*self.model_admin.list_defer)
+        return queryset.defer(*getattr(self.model_admin, "list_defer", ()))
 
 
 class KlerkAdmin(admin.ModelAdmin):
@@ -131,7 +131,7 @@ class KlerkAdmin(admin.ModelAdmin):
         if not term:
             return None
         name = self.id_search_field
-        field = self.opts.pk if name == "pk" else self.opts.get_field(name)
+        field: Any = self.opts.pk if name == "pk" else self.opts.get_field(name)
         try:
             return field.to_python(term)
         except ValidationError:
@@ -252,7 +252,8 @@ class AttemptInline(admin.TabularInline):
         "error",
         "traceback_text",
     ]
-    readonly_fields = fields
+    # Plain names: the type the admin declares for read-only fields.
+    readonly_fields = list(map(str, fields))
     ordering = ["number"]
     extra = 0
     can_delete = False
@@ -751,7 +752,8 @@ class AttemptAdmin(KlerkAdmin):
         "error_text",
         "traceback_text",
     ]
-    readonly_fields = fields
+    # Plain names: the type the admin declares for read-only fields.
+    readonly_fields = list(map(str, fields))
 
     @admin.display(description="job", ordering="job_id")
     def job_link(self, attempt: Attempt) -> str:
@@ -815,7 +817,8 @@ class ActionAdmin(KlerkAdmin):
         "error_text",
         "traceback_text",
     ]
-    readonly_fields = fields
+    # Plain names: the type the admin declares for read-only fields.
+    readonly_fields = list(map(str, fields))
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, action: Action) -> str:
@@ -872,7 +875,8 @@ class CommandRecordAdmin(KlerkAdmin):
         "created_jobs",
         "created_actions",
     ]
-    readonly_fields = fields
+    # Plain names: the type the admin declares for read-only fields.
+    readonly_fields = list(map(str, fields))
 
     def get_urls(self) -> list[Any]:
         from .command_admin import urls as command_urls
@@ -930,7 +934,7 @@ def created_links(
         '<a href="{}">{}</a>',
         ((admin_url(model, "change", obj.pk), obj) for obj in shown),
     )
-    query = urlencode({"command__id__exact": record.pk})
+    query = urlencode({"command__id__exact": str(record.pk)})
     everything = f"{admin_url(model, 'changelist')}?{query}"
     plural = model._meta.verbose_name if total == 1 else model._meta.verbose_name_plural
     return format_html(
@@ -969,7 +973,8 @@ class WorkerAdmin(KlerkAdmin):
         "last_heartbeat_at",
         "stopped_at",
     ]
-    readonly_fields = fields
+    # Plain names: the type the admin declares for read-only fields.
+    readonly_fields = list(map(str, fields))
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Worker]:
         # Counted in the same query as the rows, not once per worker.
@@ -987,7 +992,9 @@ class WorkerAdmin(KlerkAdmin):
     @admin.display(description="current jobs", ordering="running_jobs")
     def current_jobs(self, worker: Worker) -> str:
         url = job_list_url(worker_id=worker.pk, status__exact="running")
-        return format_html('<a href="{}">{}</a>', url, worker.running_jobs)
+        # Annotated by get_queryset, not a model field.
+        running = getattr(worker, "running_jobs", 0)
+        return format_html('<a href="{}">{}</a>', url, running)
 
     @admin.display(description="last heartbeat", ordering="last_heartbeat_at")
     def heartbeat(self, worker: Worker) -> str:

@@ -662,7 +662,7 @@ def _close(
 
     # A failed command did nothing, so its token stays free for a retry.
     kept = None if result.outcome == FAILED else token
-    records = CommandRecord.objects.using(db).filter(pk=result.record_id)
+    records = CommandRecord.objects.using(db).filter(pk=str(result.record_id))
     records.update(token=kept, **fields)
 
 

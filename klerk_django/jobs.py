@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from django.conf import settings as django_settings
 from django.db import IntegrityError, transaction
@@ -344,14 +344,15 @@ def _build(
     key = _unique_key(job_function.name, options, packed)
     return Job(
         name=job_function.name,
-        queue=options.queue,
+        # resolved() filled every option left to the settings.
+        queue=cast(str, options.queue),
         priority=options.priority,
         arguments=packed,
         status=JobStatus.READY,
         run_after=run_after,
-        max_attempts=options.max_attempts,
-        backoff_base_seconds=options.backoff_base_seconds,
-        backoff_max_seconds=options.backoff_max_seconds,
+        max_attempts=cast(int, options.max_attempts),
+        backoff_base_seconds=cast(float, options.backoff_base_seconds),
+        backoff_max_seconds=cast(float, options.backoff_max_seconds),
         created_at=now,
         command_id=current.record_id if current else None,
         unique_key=key,
@@ -366,7 +367,7 @@ def _unique_key(name: str, options: JobOptions, packed: dict[str, Any]) -> str |
         return options.unique_key
     text = json.dumps([name, packed], sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(text.encode()).hexdigest()
-    return f"{name[:UNIQUE_KEY_MAX - 65]}:{digest}"
+    return f"{name[: UNIQUE_KEY_MAX - 65]}:{digest}"
 
 
 def _enqueue_unique(job: Job) -> Job:

@@ -161,9 +161,9 @@ def _claim_locking(
         paused = Queue.objects.using(db).filter(paused=True).values("name")
         ready = ready.exclude(queue__in=paused).select_for_update(skip_locked=True)
         ids = list(
-            ready.order_by("-priority", "run_after", "id").values_list(
-                "id", flat=True
-            )[:limit]
+            ready.order_by("-priority", "run_after", "id").values_list("id", flat=True)[
+                :limit
+            ]
         )
         if not ids:
             return []

@@ -55,8 +55,7 @@ class Listener(threading.Thread):
                 self._listen()
             except NotifyTimeoutMissing:
                 logger.error(
-                    "listening needs psycopg 3.2 or later, polling only "
-                    "version=%s",
+                    "listening needs psycopg 3.2 or later, polling only version=%s",
                     _psycopg_version(),
                 )
                 return

@@ -47,9 +47,7 @@ def run_jobs(
     )
 
 
-def assert_enqueued(
-    job_function: JobFunction | str, *args: Any, **kwargs: Any
-) -> Job:
+def assert_enqueued(job_function: JobFunction | str, *args: Any, **kwargs: Any) -> Job:
     """Return the ready job of ``job_function`` with exactly these arguments.
 
     Raises AssertionError listing the ready jobs of that function when

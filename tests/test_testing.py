@@ -74,10 +74,11 @@ class DocumentedExampleTests(TestCase):
     """The example of docs/testing.md, as written there."""
 
     def test_placing_an_order_charges_the_card(self):
-        from klerk_django import SYSTEM, handle
         from shop.commands import PlaceOrder
         from shop.jobs import charge_card
         from shop.models import Customer
+
+        from klerk_django import SYSTEM, handle
 
         Customer.objects.create(name="ada")
 

@@ -129,9 +129,11 @@ def test_lease_seconds_option_sets_the_lease_of_claimed_jobs():
 
     with running_worker("--lease-seconds", "7", "--grace-seconds", "10"):
         held = wait_for(
-            lambda: Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING)
-            .exclude(lease_expires_at=None)
-            .first()
+            lambda: (
+                Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING)
+                .exclude(lease_expires_at=None)
+                .first()
+            )
         )
 
     lease = (held.lease_expires_at - held.started_at).total_seconds()

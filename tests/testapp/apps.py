@@ -10,7 +10,12 @@ class TestAppConfig(AppConfig):
 
     def ready(self) -> None:
         # Registered here: autodiscovery imports only "jobs" and "actions".
-        from . import control_jobs, more_actions, more_jobs  # noqa: F401
+        from . import (  # noqa: F401
+            control_jobs,
+            kill_jobs,  # noqa: F401
+            more_actions,
+            more_jobs,
+        )
 
         # Django 5.2 has no django.tasks, so its test runs skip the tasks.
         if find_spec("django.tasks") is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
@@ -180,7 +180,8 @@ class KlerkAdmin(admin.ModelAdmin):
     ) -> list[str]:
         lacking = []
         for relation in self.opts.related_objects:
-            related = relation.related_model
+            # A reverse relation always names a model class, never "self".
+            related = cast(type[models.Model], relation.related_model)
             if relation.on_delete is not models.CASCADE:
                 continue
             if not self.admin_site.is_registered(related):
@@ -197,7 +198,8 @@ class KlerkAdmin(admin.ModelAdmin):
         counts = [(self.opts.verbose_name_plural, queryset.count())]
         for relation in self.opts.related_objects:
             if relation.on_delete is models.CASCADE:
-                name = relation.related_model._meta.verbose_name_plural
+                related = cast(type[models.Model], relation.related_model)
+                name = related._meta.verbose_name_plural
                 counts.append((name, _dependants(relation, queryset).count()))
 
         # The confirmation carries the select-across flag and the ticked

@@ -36,12 +36,12 @@ from django.http import (
     HttpResponseRedirect,
 )
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.views.decorators.http import require_safe
 
-from . import admin_pages, arguments, database, display, stats
+from . import admin_pages, arguments, database, display, queues, stats
 from .admin_lists import (
     AliveFilter,
     CreatedFilter,
@@ -57,6 +57,9 @@ from .jobs import cancel_jobs, get_job_function, registry, retry_jobs
 from .models import Action, Attempt, CommandRecord, Job, JobStatus, Worker
 
 logger = logging.getLogger(__name__)
+
+# Pausing a queue changes its row in klerk_queue.
+QUEUE_PERMISSION = "klerk_django.change_queue"
 
 DELETE_BATCH_SIZE = 1000
 OPERATION_CHUNK_SIZE = 1000
@@ -534,6 +537,16 @@ class JobAdmin(KlerkAdmin):
                 name=f"{prefix}_queues",
             ),
             path(
+                "queues/pause/",
+                wrap(self.pause_queue_view),
+                name=f"{prefix}_pause_queue",
+            ),
+            path(
+                "queues/resume/",
+                wrap(self.resume_queue_view),
+                name=f"{prefix}_resume_queue",
+            ),
+            path(
                 "<path:object_id>/retry/",
                 wrap(self.retry_view),
                 name=f"{prefix}_retry",
@@ -661,10 +674,38 @@ class JobAdmin(KlerkAdmin):
         return self._render(request, "admin/klerk_django/overview.html", context)
 
     def queues_view(self, request: HttpRequest) -> HttpResponse:
-        """Show the ready, scheduled and running jobs of every queue."""
+        """Show every queue's jobs and switch, with pause and resume."""
         self._check_view(request)
         context = admin_pages.queues_context()
+        context["can_switch"] = request.user.has_perm(QUEUE_PERMISSION)
         return self._render(request, "admin/klerk_django/queues.html", context)
+
+    def pause_queue_view(self, request: HttpRequest) -> HttpResponse:
+        """Pause a queue for every worker; POST only, with change_queue."""
+        return self._switch_queue(request, pause=True)
+
+    def resume_queue_view(self, request: HttpRequest) -> HttpResponse:
+        """Resume a paused queue; POST only, with change_queue."""
+        return self._switch_queue(request, pause=False)
+
+    def _switch_queue(self, request: HttpRequest, pause: bool) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not request.user.has_perm(QUEUE_PERMISSION):
+            raise PermissionDenied
+        name = request.POST.get("queue", "")
+
+        switch = queues.pause_queue if pause else queues.resume_queue
+        try:
+            switch(name)
+        except KlerkError as error:
+            self.message_user(request, str(error), messages.ERROR)
+        else:
+            done = "paused: workers claim none of its jobs" if pause else "resumed"
+            self.message_user(request, f"Queue {name!r} {done}.", messages.SUCCESS)
+
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+        return HttpResponseRedirect(reverse(f"admin:{prefix}_queues"))
 
     def _check_view(self, request: HttpRequest) -> None:
         if not self.has_view_or_change_permission(request):

@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 
-from . import display, stats
+from . import display, queues, stats
 from .conf import settings
 from .jobs import registry
 from .models import Job, JobStatus, Worker
@@ -73,9 +73,11 @@ def overview_context() -> dict[str, Any]:
 def queues_context() -> dict[str, Any]:
     """Return ready, scheduled and running jobs and the lag of every queue."""
     now = timezone.now()
+    paused = set(queues.paused_queues())
     rows = [
         {
             "queue": row.queue,
+            "paused": row.queue in paused,
             "ready": row.ready,
             "scheduled": row.scheduled,
             "running": row.running,
@@ -83,20 +85,20 @@ def queues_context() -> dict[str, Any]:
             "ready_url": job_list_url(queue=row.queue, status__exact="ready"),
             "running_url": job_list_url(queue=row.queue, status__exact="running"),
         }
-        for row in _with_registered_queues(stats.queue_stats())
+        for row in _with_registered_queues(stats.queue_stats(), paused)
     ]
     return {"title": "Queues", "rows": rows}
 
 
 def _with_registered_queues(
-    busy: list[stats.QueueStats],
+    busy: list[stats.QueueStats], paused: set[str]
 ) -> list[stats.QueueStats]:
     # Queues are names, not rows: an idle queue is known only from the job
     # functions that use it.
     known = {row.queue for row in busy}
     idle = [
         stats.QueueStats(queue, 0, 0, 0, None)
-        for queue in sorted(set(registered_queues()) - known)
+        for queue in sorted((set(registered_queues()) | paused) - known)
     ]
     return sorted(busy + idle, key=lambda row: row.queue)
 

@@ -200,3 +200,47 @@ def _error(name: str, value: Any, expected: str, code: str) -> Error:
     return Error(
         f"{name} must be {expected}, got {value!r}.", id=f"klerk_django.{code}"
     )
+
+
+def database_problems(conn: Any) -> list[str]:
+    """Return what the jobs' database lacks that workers need, if anything."""
+    if conn.vendor == "mysql" and not conn.features.has_select_for_update_skip_locked:
+        return [
+            "The jobs' MariaDB or MySQL server has no SELECT ... FOR UPDATE "
+            "SKIP LOCKED, which claims need: use MariaDB 10.6 or MySQL 8.0.1 "
+            "or newer."
+        ]
+    if conn.vendor == "sqlite" and _sqlite_version() < (3, 35, 0):
+        return [
+            "The jobs' SQLite library has no UPDATE ... RETURNING, which "
+            f"claims need: found {_sqlite_version_text()}, need 3.35.0 or newer."
+        ]
+    return []
+
+
+def _sqlite_version() -> tuple[int, ...]:
+    import sqlite3
+
+    return tuple(sqlite3.sqlite_version_info)
+
+
+def _sqlite_version_text() -> str:
+    import sqlite3
+
+    return sqlite3.sqlite_version
+
+
+@register(Tags.database)
+def check_database_features(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[Error]:
+    """Report a jobs' database without the features claims rely on."""
+    from django.db import connections
+
+    alias = _value("KLERK_DATABASE")
+    if not databases or alias not in databases:
+        return []
+    return [
+        Error(problem, id="klerk_django.E012")
+        for problem in database_problems(connections[alias])
+    ]

@@ -108,3 +108,51 @@ def test_sqlite_without_immediate_transactions_is_warned_about():
 
     entry["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 20}
     assert sqlite_locking_warnings(entry) == []
+
+
+def _connection(vendor, skip_locked=True):
+    from types import SimpleNamespace
+
+    features = SimpleNamespace(has_select_for_update_skip_locked=skip_locked)
+    return SimpleNamespace(vendor=vendor, features=features)
+
+
+def test_a_mariadb_without_skip_locked_is_named():
+    from klerk_django.checks import database_problems
+
+    (problem,) = database_problems(_connection("mysql", skip_locked=False))
+
+    assert "SKIP LOCKED" in problem and "MariaDB 10.6" in problem
+    assert database_problems(_connection("mysql")) == []
+
+
+def test_an_old_sqlite_without_returning_is_named(monkeypatch):
+    from klerk_django import checks
+
+    monkeypatch.setattr(checks, "_sqlite_version", lambda: (3, 34, 1))
+
+    (problem,) = checks.database_problems(_connection("sqlite"))
+
+    assert "RETURNING" in problem and "3.35.0" in problem
+
+
+@pytest.mark.django_db
+def test_the_database_under_test_has_what_workers_need():
+    from django.core.checks import run_checks
+
+    errors = run_checks(databases=["default"])
+
+    assert not [error for error in errors if error.id == "klerk_django.E012"]
+
+
+def test_a_worker_on_a_database_without_the_features_refuses_to_start(monkeypatch):
+    from django.core.management import CommandError, call_command
+
+    from klerk_django.management.commands import klerk_worker
+
+    monkeypatch.setattr(
+        klerk_worker, "database_problems", lambda conn: ["The server lacks X."]
+    )
+
+    with pytest.raises(CommandError, match="The server lacks X."):
+        call_command("klerk_worker", "--burst")

@@ -10,6 +10,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from klerk_django import database
+from klerk_django.checks import database_problems
 from klerk_django.conf import settings
 from klerk_django.jobs import QUEUE_NAME
 from klerk_django.worker import Worker, WorkerOptions, queues_from
@@ -66,6 +68,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        problems = database_problems(database.connection())
+        if problems:
+            raise CommandError(" ".join(problems))
         worker = Worker(self._options(options))
         worker.stop_on_signals()
         _show_logs(int(options["verbosity"]))

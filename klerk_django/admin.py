@@ -333,8 +333,24 @@ OPERATIONS = {
 }
 
 
+class RecordColumns:
+    """List columns shared by jobs and actions: when, and which command."""
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, row: Job | Action) -> str:
+        return relative_html(row.created_at)
+
+    @admin.display(description="finished", ordering="finished_at")
+    def finished(self, row: Job | Action) -> str:
+        return relative_html(row.finished_at)
+
+    @admin.display(description="command")
+    def command_record(self, row: Job | Action) -> str:
+        return command_link(row)
+
+
 @admin.register(Job)
-class JobAdmin(KlerkAdmin):
+class JobAdmin(RecordColumns, KlerkAdmin):
     """Jobs, read-only, with retry, cancel and copy behind permissions."""
 
     list_display = [
@@ -403,21 +419,9 @@ class JobAdmin(KlerkAdmin):
     def attempts_used(self, job: Job) -> str:
         return f"{job.attempts}/{job.max_attempts}"
 
-    @admin.display(description="created", ordering="created_at")
-    def created(self, job: Job) -> str:
-        return relative_html(job.created_at)
-
     @admin.display(description="due", ordering="run_after")
     def due(self, job: Job) -> str:
         return relative_html(job.run_after)
-
-    @admin.display(description="finished", ordering="finished_at")
-    def finished(self, job: Job) -> str:
-        return relative_html(job.finished_at)
-
-    @admin.display(description="command")
-    def command_record(self, job: Job) -> str:
-        return command_link(job)
 
     @admin.display(description="worker")
     def worker(self, job: Job) -> str:
@@ -833,7 +837,7 @@ class AttemptAdmin(KlerkAdmin):
 
 
 @admin.register(Action)
-class ActionAdmin(KlerkAdmin):
+class ActionAdmin(RecordColumns, KlerkAdmin):
     """Actions and how their runs ended, read-only."""
 
     list_display = [
@@ -866,18 +870,6 @@ class ActionAdmin(KlerkAdmin):
     @admin.display(description="status", ordering="status")
     def status_badge(self, action: Action) -> str:
         return badge(action.status)
-
-    @admin.display(description="created", ordering="created_at")
-    def created(self, action: Action) -> str:
-        return relative_html(action.created_at)
-
-    @admin.display(description="finished", ordering="finished_at")
-    def finished(self, action: Action) -> str:
-        return relative_html(action.finished_at)
-
-    @admin.display(description="command")
-    def command_record(self, action: Action) -> str:
-        return command_link(action)
 
     @admin.display(description="error")
     def short_error(self, action: Action) -> str:

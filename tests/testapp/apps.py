@@ -12,7 +12,7 @@ class TestAppConfig(AppConfig):
         # Registered here: autodiscovery imports only "jobs" and "actions".
         from . import (  # noqa: F401
             control_jobs,
-            kill_jobs,  # noqa: F401
+            kill_jobs,
             more_actions,
             more_jobs,
         )

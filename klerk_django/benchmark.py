@@ -12,10 +12,8 @@ Only jobs in the queue ``klerk-bench`` are created and deleted.
 from __future__ import annotations
 
 import logging
-import os
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +23,7 @@ from typing import Any
 from django.db import close_old_connections, transaction
 from django.db.models import Max, Min
 
-from . import database
+from . import database, processes
 from .builtin_jobs import noop
 from .commands import Command, handle
 from .models import Attempt, Job, JobStatus, Worker
@@ -295,20 +293,11 @@ def worker_memory(count: int) -> float:
 
 
 def _start_worker(*options: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
-    return subprocess.Popen(
-        [sys.executable, "-m", "django", "klerk_worker", "--queue", QUEUE, *options],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return processes.start_worker("--queue", QUEUE, *options)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-    process.wait(60)
+    processes.end_worker(process, timeout=60.0)
 
 
 def _wait_until_listening(process: subprocess.Popen[bytes]) -> None:

@@ -10,11 +10,9 @@ or repeated a finished job (duplicated), as the chaos job recorded them.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +20,7 @@ from pathlib import Path
 from django import forms
 from django.db import close_old_connections
 
-from . import database
+from . import database, processes
 from .chaos import FOLDER_VARIABLE, QUEUE, chaos_job
 from .commands import Command, handle
 from .models import FINAL_STATUSES, Job
@@ -79,8 +77,7 @@ def run(options: ChaosOptions, folder: Path) -> ChaosReport:
     """Enqueue and kill for ``options.seconds``, drain, then count."""
     _clear()
     report = ChaosReport()
-    env = dict(os.environ, **{FOLDER_VARIABLE: str(folder)})
-    env["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
+    env = {FOLDER_VARIABLE: str(folder)}
     workers = [_start(env, options) for _ in range(options.workers)]
     try:
         _storm(options, workers, env, report)
@@ -177,35 +174,21 @@ def _count(folder: Path, report: ChaosReport) -> ChaosReport:
 
 
 def _start(env: dict[str, str], options: ChaosOptions) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "django",
-            "klerk_worker",
-            "--queue",
-            QUEUE,
-            "--concurrency",
-            str(options.concurrency),
-            "--lease-seconds",
-            str(options.lease_seconds),
-            "--grace-seconds",
-            "2",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    return processes.start_worker(
+        "--queue",
+        QUEUE,
+        "--concurrency",
+        str(options.concurrency),
+        "--lease-seconds",
+        str(options.lease_seconds),
+        "--grace-seconds",
+        "2",
+        extra_env=env,
     )
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(30)
+    processes.end_worker(process)
 
 
 def _clear() -> None:

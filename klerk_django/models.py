@@ -116,6 +116,15 @@ class Job(models.Model):
     active_unique_key = models.CharField(
         max_length=255, null=True, blank=True, editable=False
     )
+    # The keys a per-key rate or concurrency limit counts this job under,
+    # computed from its arguments at enqueue; None when the job function
+    # has no such limit.
+    rate_key = models.CharField(max_length=200, null=True, blank=True)
+    concurrency_key = models.CharField(max_length=200, null=True, blank=True)
+    # A running attempt past this many seconds is stopped and fails.
+    timeout_seconds = models.FloatField(null=True, blank=True)
+    # Set when someone asked a running job to stop; the job may check it.
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
     command = models.ForeignKey(
         CommandRecord,
         null=True,
@@ -268,3 +277,57 @@ class Queue(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} (paused)" if self.paused else self.name
+
+
+class Limit(models.Model):
+    """A rate or concurrency limit's lock row.
+
+    Workers that want to start a job under the limit lock this row first,
+    so that counting the starts (or running jobs) and adding one is a
+    single step across all workers.
+    """
+
+    key = models.CharField(max_length=300, primary_key=True)
+
+    class Meta:
+        db_table = "klerk_limit"
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class LimitStart(models.Model):
+    """One start of a job under a rate limit, kept for one period."""
+
+    key = models.CharField(max_length=300)
+    started_at = models.DateTimeField()
+    job_id = models.BigIntegerField()
+
+    class Meta:
+        db_table = "klerk_limit_start"
+        indexes = [
+            models.Index(fields=["key", "started_at"], name="klerk_limit_start_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} at {self.started_at}"
+
+
+class Schedule(models.Model):
+    """A periodic schedule's shared state: the last tick enqueued.
+
+    Workers move ``last_tick_at`` forward with a guarded UPDATE in the same
+    transaction as the tick's job, so each tick is enqueued exactly once.
+    """
+
+    name = models.CharField(max_length=200, primary_key=True)
+    last_tick_at = models.DateTimeField(null=True, blank=True)
+    next_tick_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "klerk_schedule"
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

@@ -325,8 +325,8 @@ OPERATIONS = {
     "cancel": Operation(
         "Cancel",
         "Cancelled",
-        (JobStatus.READY,),
-        "only ready jobs can be cancelled",
+        (JobStatus.READY, JobStatus.RUNNING),
+        "only ready or running jobs can be cancelled",
         "cancel",
     ),
     "copy": Operation("Enqueue a copy", "Enqueued", tuple(STATUSES), "", "retry"),
@@ -517,6 +517,11 @@ class JobAdmin(RecordColumns, KlerkAdmin):
             skipped = sum(count for count, _ in reasons)
             listed = ", ".join(f"{count} {label}" for count, label in reasons)
             text += f" Skipped {skipped}: {chosen.skip_reason} ({listed})."
+        if operation == "cancel" and before.get(JobStatus.RUNNING) and changed:
+            text += (
+                " Running jobs were asked to stop; they end cancelled once "
+                "their worker sees the request."
+            )
         if error is not None:
             text += f" Stopped by a database error: {error}"
             self.message_user(request, text, messages.ERROR)

@@ -76,6 +76,26 @@ class SettingsError(ImproperlyConfigured):
     """A ``KLERK_*`` setting with a value klerk_django cannot use."""
 
 
+class CronError(KlerkError, ValueError):
+    """A cron expression that cannot be parsed or names no real time."""
+
+    def __init__(self, expression: Any, problem: str, field: str = "") -> None:
+        where = f"its {field} field " if field else ""
+        super().__init__(f"The cron expression {expression!r}: {where}{problem}.")
+        self.expression = expression
+        self.field = field
+        self.problem = problem
+
+
+class ScheduleError(KlerkError, ValueError):
+    """A periodic schedule declared with an unusable name, zone or call."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"The schedule {name!r} {problem}.")
+        self.name = name
+        self.problem = problem
+
+
 class SideEffectInCommand(KlerkError, RuntimeError):
     """A side effect (a mail, a direct job call) tried inside a command."""
 
@@ -95,3 +115,19 @@ class ScheduledCommandFailed(KlerkError, RuntimeError):
         self.name = name
         self.outcome = outcome
         self.record_id = record_id
+
+
+class JobStopped(BaseException):
+    """A running attempt was told to stop; base of cancel and time limit.
+
+    A BaseException, like asyncio's CancelledError, so that a job's own
+    ``except Exception`` does not swallow it by accident.
+    """
+
+
+class JobCancelled(JobStopped):
+    """Someone asked the running job to stop; it ends cancelled."""
+
+
+class JobTimeout(JobStopped):
+    """The attempt ran past its time limit; it fails and may be retried."""

@@ -53,7 +53,10 @@ SETTING_OF = {
     "backoff_max_seconds": "KLERK_BACKOFF_MAX_SECONDS",
 }
 # The names callers pass for options stored under another name.
-PUBLIC_NAME = {"backoff_base_seconds": "backoff_seconds"}
+PUBLIC_NAME = {"backoff_base_seconds": "backoff_seconds", "timeout_seconds": "timeout"}
+# A time limit is waited for by a timer, which refuses waits much longer
+# than this on some platforms; no attempt should need a year.
+MAX_TIMEOUT_SECONDS = 366 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,10 @@ class JobOptions:
     delay: timedelta | None = None
     unique: bool = False
     unique_key: str | None = None
+    timeout_seconds: float | None = None
+    # Run each attempt in a child process the worker can kill; a property
+    # of the job function, not stored with the job.
+    process: bool = False
 
     def resolved(self) -> JobOptions:
         """Return these options with settings filled in, or raise.
@@ -148,13 +155,17 @@ class JobFunction:
         backoff_max_seconds: float | None = None,
         unique: bool | None = None,
         unique_key: str | None = None,
+        timeout: float | None = None,
     ) -> JobFunction:
         """Return this job function with other scheduling options.
 
         ``None`` means "keep the default"; an explicit 0 is honoured. A
-        ``unique_key`` makes the job unique under that key.
+        ``unique_key`` makes the job unique under that key. ``timeout`` is
+        each attempt's time limit in seconds.
         """
         changes: dict[str, Any] = {}
+        if timeout is not None:
+            changes["timeout_seconds"] = timeout
         if unique is not None:
             changes["unique"] = unique
         if unique_key is not None:
@@ -237,12 +248,17 @@ def job(
     backoff_seconds: float | None = None,
     backoff_max_seconds: float | None = None,
     unique: bool = False,
+    timeout: float | None = None,
+    process: bool = False,
 ) -> Any:
     """Register a function as a job; use as ``@job`` or ``@job(...)``.
 
     ``max_attempts`` counts every run, the first included: 1 means no retry.
     ``unique`` refuses a second job with the same arguments while one is
-    ready or running: enqueue returns that one instead.
+    ready or running: enqueue returns that one instead. ``timeout`` limits
+    each attempt to that many seconds; ``process=True`` runs each attempt
+    in a child process, which the worker can kill on cancellation or
+    timeout.
     """
 
     def register(func: Callable[..., Any]) -> JobFunction:
@@ -254,6 +270,8 @@ def job(
                 backoff_base_seconds=backoff_seconds,
                 backoff_max_seconds=backoff_max_seconds,
                 unique=unique,
+                timeout_seconds=timeout,
+                process=process,
             )
         )
         job_name = name or f"{func.__module__}.{func.__qualname__}"
@@ -300,7 +318,24 @@ def validate_options(options: JobOptions) -> JobOptions:
             )
     _validate_start(options)
     _validate_unique(options)
+    _validate_stopping(options)
     return options
+
+
+def _validate_stopping(options: JobOptions) -> None:
+    timeout = options.timeout_seconds
+    if timeout is not None and (
+        not _is_number(timeout)
+        or not math.isfinite(timeout)
+        or not 0 < timeout <= MAX_TIMEOUT_SECONDS
+    ):
+        _bad(
+            "timeout_seconds",
+            timeout,
+            f"a number of seconds above 0 and at most {MAX_TIMEOUT_SECONDS:.0f}",
+        )
+    if not isinstance(options.process, bool):
+        _bad("process", options.process, "True or False")
 
 
 def _validate_unique(options: JobOptions) -> None:
@@ -357,6 +392,7 @@ def _build(
         command_id=current.record_id if current else None,
         unique_key=key,
         active_unique_key=key,
+        timeout_seconds=options.timeout_seconds,
     )
 
 
@@ -437,6 +473,8 @@ def retry_jobs(jobs: QuerySet[Job] | Iterable[int], batch_size: int = 1000) -> i
         "finished_at": None,
         "max_attempts": Greatest(F("max_attempts"), F("attempts") + 1),
         "active_unique_key": F("unique_key"),
+        # A cancellation asked of an earlier attempt must not stop this one.
+        "cancel_requested_at": None,
     }
     eligible = Q(status__in=[JobStatus.FAILED, JobStatus.CANCELLED])
     changed = _update_in_batches(jobs, eligible, changes, batch_size)
@@ -449,19 +487,17 @@ def retry_jobs(jobs: QuerySet[Job] | Iterable[int], batch_size: int = 1000) -> i
 
 
 def cancel_jobs(jobs: QuerySet[Job] | Iterable[int], batch_size: int = 1000) -> int:
-    """Cancel jobs that have not started yet; return how many.
+    """Cancel ready jobs, ask running ones to stop; return how many.
 
-    A running job is not interrupted: it is left alone and not counted.
+    A ready job ends cancelled at once. A running job is asked to stop: it
+    sees the request with ``cancel_requested()``, a job in its own process
+    is killed, and the attempt then ends the job cancelled. Finished jobs
+    are left alone and not counted.
     """
-    changes = {
-        "status": JobStatus.CANCELLED,
-        "finished_at": database.now(),
-        "active_unique_key": None,
-    }
-    eligible = Q(status=JobStatus.READY)
-    changed = _update_in_batches(jobs, eligible, changes, batch_size)
-    logger.info("jobs cancelled count=%s", changed)
-    return changed
+    from . import cancellation
+
+    done = cancellation.cancel(jobs, batch_size)
+    return done.ended + done.asked
 
 
 def _update_in_batches(

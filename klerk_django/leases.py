@@ -44,6 +44,7 @@ RETURNED = (
     "backoff_base_seconds",
     "backoff_max_seconds",
     "started_at",
+    "timeout_seconds",
 )
 
 
@@ -60,6 +61,7 @@ class ClaimedJob:
     backoff_base_seconds: float
     backoff_max_seconds: float
     started_at: datetime
+    timeout_seconds: float | None = None
 
 
 def claim(
@@ -193,6 +195,7 @@ def _claimed(row: tuple[Any, ...]) -> ClaimedJob:
         backoff_base_seconds=float(values["backoff_base_seconds"]),
         backoff_max_seconds=float(values["backoff_max_seconds"]),
         started_at=_as_datetime(values["started_at"]),
+        timeout_seconds=_as_seconds(values["timeout_seconds"]),
     )
 
 
@@ -265,8 +268,16 @@ def _interrupt(
 ) -> None:
     db = database.alias()
     error = f"Attempt {job.attempts} interrupted: {reason} (worker {job.worker_id})."
-    if job.attempts >= job.max_attempts:
+    if job.cancel_requested_at is not None:
+        # Someone asked it to stop: running it again would undo that.
         changes: dict[str, Any] = {
+            "status": JobStatus.CANCELLED,
+            "finished_at": database.now(conn),
+            "active_unique_key": None,
+        }
+        level, outcome = logging.WARNING, "cancelled"
+    elif job.attempts >= job.max_attempts:
+        changes = {
             "status": JobStatus.FAILED,
             "finished_at": database.now(conn),
             "active_unique_key": None,
@@ -320,6 +331,10 @@ def next_delay(attempt: int, base_seconds: float, max_seconds: float) -> float:
         factor=float(settings.BACKOFF_FACTOR),
         jitter=float(settings.BACKOFF_JITTER),
     )
+
+
+def _as_seconds(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _prep_uuid(value: uuid.UUID, conn: BaseDatabaseWrapper) -> Any:

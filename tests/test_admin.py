@@ -227,7 +227,10 @@ def test_cancel_action_reports_changed_and_skipped(admin_client, world):
     response = admin_client.post(url(Job, "changelist"), data)
 
     assert statuses(pk__in=[failed.pk, ready.pk]) == ["cancelled", "failed"]
-    message = "Cancelled 1 job. Skipped 1: only ready jobs can be cancelled (1 failed)."
+    message = (
+        "Cancelled 1 job. Skipped 1: only ready or running jobs can be "
+        "cancelled (1 failed)."
+    )
     assert texts(response) == [message]
 
 
@@ -271,15 +274,16 @@ def test_operation_buttons_need_post_and_their_permission(world):
     assert texts(response) == ["Retried 1 job."]
 
 
-def test_cancel_button_skips_a_job_that_is_not_ready(world):
+def test_cancel_button_skips_a_job_that_has_ended(world):
     operator = staff("view_job", "cancel_job")
-    running = enqueue("running", status="running")
+    ended = enqueue("ended", status="succeeded")
 
-    response = operator.post(url(Job, "cancel", running.pk))
+    response = operator.post(url(Job, "cancel", ended.pk))
 
-    assert Job.objects.get(pk=running.pk).status == "running"
+    assert Job.objects.get(pk=ended.pk).status == "succeeded"
     message = (
-        "Cancelled 0 jobs. Skipped 1: only ready jobs can be cancelled (1 running)."
+        "Cancelled 0 jobs. Skipped 1: only ready or running jobs can be "
+        "cancelled (1 succeeded)."
     )
     assert texts(response) == [message]
     assert operator.post(url(Job, "cancel", 10**9)).status_code == 404

@@ -351,15 +351,17 @@ def test_retried_job_keeps_attempts_it_has_left():
 
 
 @pytest.mark.django_db
-def test_cancel_jobs_cancels_only_ready_jobs(one_of_each):
+def test_cancel_jobs_ends_ready_jobs_and_asks_running_ones(one_of_each):
     scheduled = noop.using(delay=3600).enqueue()
 
     count = cancel_jobs(Job.objects.all(), batch_size=1)
 
-    assert count == 2
+    assert count == 3
     assert Job.objects.get(pk=scheduled.pk).status == JobStatus.CANCELLED
     assert Job.objects.get(pk=one_of_each["ready"].pk).status == "cancelled"
-    assert Job.objects.get(pk=one_of_each["running"].pk).status == "running"
+    running = Job.objects.get(pk=one_of_each["running"].pk)
+    assert running.status == "running"
+    assert running.cancel_requested_at is not None
     assert Job.objects.get(pk=one_of_each["failed"].pk).status == "failed"
     assert claim() == []
 

@@ -12,6 +12,7 @@ _EXPORTS = {
     "get_job_function": "jobs",
     "retry_jobs": "jobs",
     "cancel_jobs": "jobs",
+    "periodic": "schedules",
     "action": "actions",
     "ActionFunction": "actions",
     "Command": "commands",

@@ -43,6 +43,9 @@ DEFAULTS: dict[str, Any] = {
     # ended between commit and run.
     "KLERK_ACTION_ORPHAN_SECONDS": 60.0,
     "KLERK_AUTODISCOVER_MODULES": ("jobs", "actions", "commands"),
+    # Periodic schedules by name: {"job": ..., "cron": ..., "timezone": ...,
+    # "args": [...], "kwargs": {...}}; see docs/schedules.md.
+    "KLERK_SCHEDULES": {},
     # The admin shows the values of JSON keys that contain one of these,
     # ignoring case, as "********", at any depth.
     "KLERK_ADMIN_MASKED_KEYS": (

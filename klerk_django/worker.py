@@ -10,6 +10,7 @@ given, so a restarted worker never passes for the one that died. Threads:
 * a maintenance thread renews the leases of running jobs, sends the
   worker's heartbeat, returns jobs of lost workers to the queue, and starts
   a thread that runs orphaned actions;
+* a schedules thread enqueues the due ticks of periodic schedules;
 * on PostgreSQL, a listener thread turns notifications into wake-ups.
 
 A database error in any of them (``django.db.Error``: a closed connection
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 
 from django.db import Error, close_old_connections
 
-from . import actions, attempts, database, leases, notify, retention
+from . import actions, attempts, database, leases, notify, retention, schedules
 from .conf import settings
 from .leases import ClaimedJob
 from .models import Worker as WorkerRecord
@@ -78,6 +79,7 @@ class Worker:
         self._tuned: object = None
         self.orphans: threading.Thread | None = None
         self.pruner: threading.Thread | None = None
+        self.schedules = schedules.Checker()
 
     def stop(self) -> None:
         """Stop claiming; running jobs finish within the grace period.
@@ -276,6 +278,8 @@ class Worker:
             if time.monotonic() >= next_prune:
                 self._start_pruner()
                 next_prune = time.monotonic() + PRUNE_SECONDS
+            # Enqueues due ticks on a thread of its own, so never waits here.
+            self.schedules.poke()
 
             failures = 0 if healthy else failures + 1
             wait = min(heartbeat, recovery)

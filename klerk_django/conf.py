@@ -46,6 +46,9 @@ DEFAULTS: dict[str, Any] = {
     # Periodic schedules by name: {"job": ..., "cron": ..., "timezone": ...,
     # "args": [...], "kwargs": {...}}; see docs/schedules.md.
     "KLERK_SCHEDULES": {},
+    # Limits per queue: {"mail": {"rate_limit": (10, 60),
+    # "concurrency_limit": 2}}; see docs/rate_limits.md.
+    "KLERK_QUEUES": {},
     # The admin shows the values of JSON keys that contain one of these,
     # ignoring case, as "********", at any depth.
     "KLERK_ADMIN_MASKED_KEYS": (

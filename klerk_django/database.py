@@ -11,6 +11,7 @@ keeps a zone the server cannot know, so Django's clock is used there too.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from typing import Any
 
 from django.conf import settings
@@ -75,6 +76,26 @@ def later(seconds: float, conn: BaseDatabaseWrapper | None = None) -> Any:
 def python_now() -> datetime:
     """Return Django's current time, aware or naive as USE_TZ says."""
     return timezone.now()
+
+
+def current_time(conn: BaseDatabaseWrapper | None = None) -> datetime:
+    """Return the current time in the jobs' clock, as a value.
+
+    For a time that several statements must share: asks the server when
+    it keeps the clock, as ``now`` does in SQL.
+    """
+    conn = conn or connection()
+    if not uses_database_clock(conn):
+        return timezone.now()
+    query = "SELECT STATEMENT_TIMESTAMP()"
+    if conn.vendor != "postgresql":
+        query = "SELECT UTC_TIMESTAMP(6)"
+    with conn.cursor() as cursor:
+        cursor.execute(query)
+        value = cursor.fetchone()[0]
+    if timezone.is_naive(value):
+        return timezone.make_aware(value, dt_timezone.utc)
+    return value
 
 
 def take_write_lock(conn: BaseDatabaseWrapper) -> None:

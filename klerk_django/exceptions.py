@@ -96,6 +96,10 @@ class ScheduleError(KlerkError, ValueError):
         self.problem = problem
 
 
+class LimitError(KlerkError, ValueError):
+    """A rate or concurrency limit declared wrong, or a key it cannot use."""
+
+
 class SideEffectInCommand(KlerkError, RuntimeError):
     """A side effect (a mail, a direct job call) tried inside a command."""
 

@@ -24,9 +24,10 @@ from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from . import arguments, database, guards, retry, scope
+from . import arguments, database, guards, limits, retry, scope
 from .conf import settings
 from .exceptions import ArgumentError, EnqueueOptionError, SettingsError, UnknownJob
+from .limits import ConcurrencyLimit, RateLimit
 from .models import Job, JobStatus
 from .registry import Registry
 
@@ -79,6 +80,10 @@ class JobOptions:
     # Run each attempt in a child process the worker can kill; a property
     # of the job function, not stored with the job.
     process: bool = False
+    # Limits of the job function, read by every worker's claim; a job
+    # stores only the keys they computed from its arguments.
+    rate_limit: RateLimit | None = None
+    concurrency_limit: ConcurrencyLimit | None = None
 
     def resolved(self) -> JobOptions:
         """Return these options with settings filled in, or raise.
@@ -250,6 +255,8 @@ def job(
     unique: bool = False,
     timeout: float | None = None,
     process: bool = False,
+    rate_limit: RateLimit | None = None,
+    concurrency_limit: ConcurrencyLimit | None = None,
 ) -> Any:
     """Register a function as a job; use as ``@job`` or ``@job(...)``.
 
@@ -258,7 +265,8 @@ def job(
     ready or running: enqueue returns that one instead. ``timeout`` limits
     each attempt to that many seconds; ``process=True`` runs each attempt
     in a child process, which the worker can kill on cancellation or
-    timeout.
+    timeout. ``rate_limit`` and ``concurrency_limit`` hold jobs back, ready,
+    while starting them would exceed a ``RateLimit`` or ``ConcurrencyLimit``.
     """
 
     def register(func: Callable[..., Any]) -> JobFunction:
@@ -272,6 +280,8 @@ def job(
                 unique=unique,
                 timeout_seconds=timeout,
                 process=process,
+                rate_limit=rate_limit,
+                concurrency_limit=concurrency_limit,
             )
         )
         job_name = name or f"{func.__module__}.{func.__qualname__}"
@@ -318,6 +328,7 @@ def validate_options(options: JobOptions) -> JobOptions:
             )
     _validate_start(options)
     _validate_unique(options)
+    limits.check_declared(options.rate_limit, options.concurrency_limit)
     _validate_stopping(options)
     return options
 
@@ -377,6 +388,9 @@ def _build(
 
     current = scope.current()
     key = _unique_key(job_function.name, options, packed)
+    rate_key, concurrency_key = limits.job_keys(
+        job_function.name, options.rate_limit, options.concurrency_limit, packed
+    )
     return Job(
         name=job_function.name,
         # resolved() filled every option left to the settings.
@@ -393,6 +407,8 @@ def _build(
         unique_key=key,
         active_unique_key=key,
         timeout_seconds=options.timeout_seconds,
+        rate_key=rate_key,
+        concurrency_key=concurrency_key,
     )
 
 

@@ -244,3 +244,11 @@ def check_database_features(
         Error(problem, id="klerk_django.E012")
         for problem in database_problems(connections[alias])
     ]
+
+
+@register(Tags.compatibility)
+def check_schedules(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """Report KLERK_SCHEDULES entries workers could not run."""
+    from .schedules import settings_problems
+
+    return [Error(problem, id="klerk_django.E013") for problem in settings_problems()]

@@ -28,7 +28,7 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import database, retry
+from . import database, limits, retry
 from .conf import settings
 from .models import Attempt, Job, JobStatus, Queue
 
@@ -46,6 +46,11 @@ RETURNED = (
     "started_at",
     "timeout_seconds",
 )
+
+
+# Names of limited job functions and queues: the single claim statement
+# leaves their jobs to ``limits.claim``.
+Excluded = tuple[Sequence[str], Sequence[str]]
 
 
 @dataclass(frozen=True)
@@ -73,17 +78,26 @@ def claim(
     """Claim up to ``limit`` ready jobs, highest priority first.
 
     Runs in its own short transaction (autocommit for the single-statement
-    forms). Raises the database's errors.
+    forms). Raises the database's errors. Jobs under a rate or concurrency
+    limit are offered the free slots first, by ``limits.claim``; the
+    single statement then fills the rest with jobs under no limit. With no
+    limit configured anywhere, that statement is the whole claim.
     """
     if limit < 1:
         return []
     conn = database.connection()
     lease_seconds = float(lease_seconds or settings.LEASE_SECONDS)
+    plan = limits.current_plan()
+    rows: list[tuple[Any, ...]] = []
+    if plan:
+        rows = limits.claim(worker_id, queues, limit, lease_seconds, plan, RETURNED)
+    excluded = (sorted(plan.functions), sorted(plan.queues))
+    free = limit - len(rows)
 
-    if conn.vendor in ("postgresql", "sqlite"):
-        rows = _claim_returning(conn, worker_id, queues, limit, lease_seconds)
-    else:
-        rows = _claim_locking(conn, worker_id, queues, limit, lease_seconds)
+    if free > 0 and conn.vendor in ("postgresql", "sqlite"):
+        rows += _claim_returning(conn, worker_id, queues, free, lease_seconds, excluded)
+    elif free > 0:
+        rows += _claim_locking(conn, worker_id, queues, free, lease_seconds, excluded)
 
     claimed = [_claimed(row) for row in rows]
     claimed.sort(key=lambda job: job.id)
@@ -97,6 +111,7 @@ CLAIM_SQL = """
     WHERE id IN (
         SELECT id FROM klerk_job
         WHERE status = 'ready' {queue_filter} AND run_after <= {now}
+            {limited_filter}
             AND queue NOT IN (SELECT name FROM klerk_queue WHERE paused)
         ORDER BY priority DESC, run_after, id
         LIMIT %s {lock}
@@ -111,18 +126,21 @@ def _claim_returning(
     queues: Sequence[str] | None,
     limit: int,
     lease_seconds: float,
+    excluded: Excluded,
 ) -> list[tuple[Any, ...]]:
     worker = _prep_uuid(worker_id, conn)
+    limited_filter, limited_params = _limited_filter(conn, excluded)
     if conn.vendor == "postgresql":
         sql = CLAIM_SQL.format(
             now="STATEMENT_TIMESTAMP()",
             lease="STATEMENT_TIMESTAMP() + make_interval(secs => %s)",
             queue_filter="AND queue = ANY(%s)" if queues else "",
+            limited_filter=limited_filter,
             lock="FOR UPDATE SKIP LOCKED",
             returned=", ".join(RETURNED),
         )
         queue_params = [list(queues)] if queues else []
-        params = [worker, lease_seconds, *queue_params, limit]
+        params = [worker, lease_seconds, *queue_params, *limited_params, limit]
     else:
         # SQLite runs one writer at a time, so the statement is atomic by
         # itself; its clock is this machine's.
@@ -136,10 +154,19 @@ def _claim_returning(
             now="%s",
             lease="%s",
             queue_filter=f"AND queue IN ({marks})" if queues else "",
+            limited_filter=limited_filter,
             lock="",
             returned=", ".join(RETURNED),
         )
-        params = [worker, stamp, expiry, *(queues or ()), stamp, limit]
+        params = [
+            worker,
+            stamp,
+            expiry,
+            *(queues or ()),
+            stamp,
+            *limited_params,
+            limit,
+        ]
 
     with conn.cursor() as cursor:
         cursor.execute(sql, params)
@@ -152,6 +179,7 @@ def _claim_locking(
     queues: Sequence[str] | None,
     limit: int,
     lease_seconds: float,
+    excluded: Excluded,
 ) -> list[tuple[Any, ...]]:
     db = database.alias()
     with transaction.atomic(using=db):
@@ -160,6 +188,11 @@ def _claim_locking(
         )
         if queues:
             ready = ready.filter(queue__in=list(queues))
+        names, limited_queues = excluded
+        if names:
+            ready = ready.exclude(name__in=names)
+        if limited_queues:
+            ready = ready.exclude(queue__in=limited_queues)
         paused = Queue.objects.using(db).filter(paused=True).values("name")
         ready = ready.exclude(queue__in=paused).select_for_update(skip_locked=True)
         ids = list(
@@ -178,6 +211,24 @@ def _claim_locking(
             lease_expires_at=database.later(lease_seconds, conn),
         )
         return list(Job.objects.using(db).filter(id__in=ids).values_list(*RETURNED))
+
+
+def _limited_filter(
+    conn: BaseDatabaseWrapper, excluded: Excluded
+) -> tuple[str, list[Any]]:
+    """Return SQL that leaves out jobs under a limit, and its parameters."""
+    sql, params = "", []
+    for column, values in zip(("name", "queue"), excluded, strict=True):
+        if not values:
+            continue
+        if conn.vendor == "postgresql":
+            sql += f" AND {column} <> ALL(%s)"
+            params.append(list(values))
+        else:
+            marks = ", ".join(["%s"] * len(values))
+            sql += f" AND {column} NOT IN ({marks})"
+            params.extend(values)
+    return sql, params
 
 
 def _claimed(row: tuple[Any, ...]) -> ClaimedJob:

@@ -335,7 +335,7 @@ def limit_key(kind: str, name: str, own: str | None = None) -> str:
     # Names and keys of 200 characters each do not fit: keep a readable
     # start and make the rest a digest.
     digest = hashlib.sha256(key.encode()).hexdigest()
-    return f"{key[: MAX_LIMIT_KEY_LENGTH - 66]}#{digest}"
+    return f"{key[: MAX_LIMIT_KEY_LENGTH - 65]}#{digest}"
 
 
 def current_plan() -> Plan:

@@ -13,6 +13,7 @@ class TestAppConfig(AppConfig):
         from . import (  # noqa: F401
             control_jobs,
             kill_jobs,
+            limit_jobs,
             more_actions,
             more_jobs,
         )

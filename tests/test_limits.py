@@ -1,0 +1,318 @@
+"""Rate and concurrency limits: declared, stored, and enforced at claim."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from klerk_django import attempts, job, leases, limits
+from klerk_django.exceptions import LimitError, SettingsError
+from klerk_django.jobs import registry
+from klerk_django.limits import ConcurrencyLimit, RateLimit
+from klerk_django.models import Job, JobStatus, Limit, LimitStart
+from tests.testapp.jobs import record
+from tests.testapp.limit_jobs import alone, odd, paired, rated, rated_wide
+
+
+def claim(count: int = 10, worker: uuid.UUID | None = None) -> list[leases.ClaimedJob]:
+    return leases.claim(worker or uuid.uuid4(), None, count)
+
+
+def finish(claimed: leases.ClaimedJob, worker: uuid.UUID) -> str:
+    return attempts.run(claimed, worker)
+
+
+def ready(**filters: object) -> list[Job]:
+    return list(Job.objects.filter(status=JobStatus.READY, **filters).order_by("pk"))
+
+
+# Declaration.
+
+
+@pytest.mark.parametrize(
+    "make, problem",
+    [
+        (lambda: RateLimit(0, per=60), "limit must be an integer of at least 1"),
+        (lambda: RateLimit(-3, per=60), "limit must be an integer of at least 1"),
+        (lambda: RateLimit(True, per=60), "limit must be an integer of at least 1"),
+        (lambda: RateLimit(2.5, per=60), "limit must be an integer of at least 1"),
+        (lambda: RateLimit(1, per=0), "period must be"),
+        (lambda: RateLimit(1, per=-1), "period must be"),
+        (lambda: RateLimit(1, per=float("inf")), "period must be"),
+        (lambda: RateLimit(1, per=float("nan")), "period must be"),
+        (lambda: RateLimit(1, per="60"), "period must be"),  # type: ignore[arg-type]
+        (lambda: RateLimit(1, per=timedelta(days=8)), "period must be"),
+        (lambda: RateLimit(1, per=60, key="customer"), "key must be None or a call"),
+        (lambda: ConcurrencyLimit(0), "limit must be an integer of at least 1"),
+        (lambda: ConcurrencyLimit(1, key=3), "key must be None or a callable"),
+    ],
+)
+def test_bad_limit_is_refused_when_declared(make, problem):
+    with pytest.raises(LimitError, match=problem):
+        make()
+
+
+def test_period_may_be_a_timedelta():
+    assert RateLimit(10, per=timedelta(minutes=1)).seconds == 60.0
+
+
+@pytest.mark.parametrize(
+    "options, problem",
+    [
+        ({"rate_limit": (10, 60)}, "rate_limit must be a RateLimit"),
+        ({"concurrency_limit": 2}, "concurrency_limit must be a ConcurrencyLimit"),
+        ({"rate_limit": ConcurrencyLimit(2)}, "rate_limit must be a RateLimit"),
+    ],
+)
+def test_job_with_a_limit_of_the_wrong_kind_is_not_registered(options, problem):
+    def send(customer: str) -> None: ...
+
+    with pytest.raises(LimitError, match=problem):
+        job(name="tests.limits.wrong_kind", **options)(send)
+    assert "tests.limits.wrong_kind" not in registry
+
+
+# Keys, at enqueue.
+
+
+@pytest.mark.django_db
+def test_keys_are_computed_from_the_arguments_and_stored():
+    first = rated.enqueue("acme", "a")
+    second = paired.enqueue(customer="globex", key="b", seconds=0)
+    wide = rated_wide.enqueue("c")
+
+    assert (first.rate_key, first.concurrency_key) == ("acme", None)
+    assert (second.rate_key, second.concurrency_key) == (None, "globex")
+    assert (wide.rate_key, wide.concurrency_key) == (None, None)
+    stored = Job.objects.get(pk=first.pk)
+    assert stored.rate_key == "acme"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "customer, problem",
+    [
+        ("boom", "key of job 'tests.limits.odd' raised KeyError"),
+        ("number", "must return a string of 1 to 200 characters"),
+    ],
+)
+def test_bad_key_refuses_the_enqueue_and_stores_nothing(customer, problem):
+    with pytest.raises(LimitError, match=problem):
+        odd.enqueue(customer)
+    with pytest.raises(LimitError, match=problem):
+        odd.enqueue_many([(("fine",), {}), ((customer,), {})])
+
+    assert not Job.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("value", ["", "k" * 201, "nul\x00", None])
+def test_key_must_return_a_short_string(value):
+    def send(customer: str) -> None: ...
+
+    name = "tests.limits.short_key"
+    function = limits.RateLimit(1, per=1, key=lambda customer: value)
+    odd_function = job(name=name, rate_limit=function)(send)
+    try:
+        with pytest.raises(LimitError, match="must return a string"):
+            odd_function.enqueue("x")
+    finally:
+        registry._entries.pop(name)
+    assert not Job.objects.exists()
+
+
+def test_long_names_and_keys_fit_the_lock_key():
+    key = limits.limit_key("rate:job", "n" * 200, "k" * 200)
+    other = limits.limit_key("rate:job", "n" * 200, "k" * 199 + "x")
+
+    assert len(key) == len(other) == 300 and key != other
+
+
+# Queue limits from KLERK_QUEUES.
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ([("mail", 2)], "must be a dict of queue names"),
+        ({"bad name!": {}}, "queue name 'bad name!'"),
+        ({"mail": 2}, "queue 'mail' must map to a dict"),
+        ({"mail": {"rate": (1, 2)}}, "unknown options \\['rate'\\]"),
+        ({"mail": {"rate_limit": 10}}, "pair \\(limit, seconds\\)"),
+        ({"mail": {"rate_limit": (0, 60)}}, "at least 1"),
+        ({"mail": {"rate_limit": (1, 0)}}, "period must be"),
+        ({"mail": {"concurrency_limit": 0}}, "at least 1"),
+        ({"mail": {"concurrency_limit": "2"}}, "at least 1"),
+    ],
+)
+def test_bad_queue_limits_are_refused(settings, value, problem):
+    with pytest.raises(ValueError, match=problem):
+        limits.parse_queues(value)
+
+    settings.KLERK_QUEUES = value
+    with pytest.raises(SettingsError, match="KLERK_QUEUES is unusable"):
+        limits.queue_limits()
+
+
+def test_queue_limits_are_parsed(settings):
+    settings.KLERK_QUEUES = {"mail": {"rate_limit": [10, 60], "concurrency_limit": 2}}
+
+    parsed = limits.queue_limits()["mail"]
+    assert parsed.rate == RateLimit(10, per=60)
+    assert parsed.concurrency == ConcurrencyLimit(2)
+
+
+# The claim.
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rate_limit_holds_jobs_back_without_using_attempts():
+    jobs = [rated.enqueue("acme", str(n)) for n in range(5)]
+    other = rated.enqueue("globex", "g")
+
+    claimed = claim()
+
+    assert sorted(c.id for c in claimed) == [jobs[0].pk, jobs[1].pk, other.pk]
+    held = ready()
+    assert [job.pk for job in held] == [job.pk for job in jobs[2:]]
+    assert all(job.attempts == 0 for job in held)
+    starts = LimitStart.objects.filter(key="rate:job:tests.limits.rated:acme")
+    first_start = min(starts.values_list("started_at", flat=True))
+    # Moved to when the window has room, so they stop filling candidates.
+    assert {job.run_after for job in held} == {first_start + timedelta(seconds=1)}
+    assert claim() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rate_limited_job_starts_once_its_window_has_room():
+    jobs = [rated_wide.enqueue(str(n)) for n in range(3)]
+    assert len(claim()) == 2
+
+    # As if the period had passed since both starts.
+    LimitStart.objects.update(started_at=Job.objects.get(pk=jobs[0].pk).created_at
+                              - timedelta(seconds=61))
+    Job.objects.filter(pk=jobs[2].pk).update(run_after=jobs[2].created_at)
+
+    (third,) = claim()
+    assert third.id == jobs[2].pk and third.attempt == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrency_limit_counts_running_jobs_until_they_end(tmp_path):
+    gate = tmp_path / "gate"
+    gate.touch()
+    jobs = [alone.enqueue("acme", str(n), str(gate)) for n in range(3)]
+    other = alone.enqueue("globex", "g", str(gate))
+    worker = uuid.uuid4()
+
+    first = claim(worker=worker)
+    assert sorted(c.id for c in first) == [jobs[0].pk, other.pk]
+    assert claim() == []
+    assert all(job.run_after <= job.created_at for job in ready())
+
+    assert finish(first[0], worker) == JobStatus.SUCCEEDED
+    (second,) = claim()
+    assert second.id == jobs[1].pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_expired_lease_stops_counting(tmp_path):
+    jobs = [alone.enqueue("acme", str(n), str(tmp_path)) for n in range(2)]
+    (first,) = claim()
+    assert claim() == []
+
+    Job.objects.filter(pk=first.id).update(
+        lease_expires_at=Job.objects.get(pk=first.id).started_at
+    )
+    (second,) = claim()
+    assert second.id == jobs[1].pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_full_key_does_not_hide_other_keys_jobs(tmp_path):
+    busy = [alone.enqueue("acme", str(n), str(tmp_path)) for n in range(40)]
+    last = alone.enqueue("globex", "late", str(tmp_path))
+
+    assert [c.id for c in claim(1)] == [busy[0].pk]
+    assert [c.id for c in claim(1)] == [last.pk]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_queue_limits_apply_to_every_job_of_the_queue(settings):
+    settings.KLERK_QUEUES = {
+        "throttled": {"rate_limit": (3, 60), "concurrency_limit": 2}
+    }
+    jobs = [record.using(queue="throttled").enqueue(str(n)) for n in range(4)]
+    free = record.enqueue("free")
+    worker = uuid.uuid4()
+
+    claimed = claim(worker=worker)
+    assert sorted(c.id for c in claimed) == [jobs[0].pk, jobs[1].pk, free.pk]
+    assert claim() == []
+
+    for job in claimed:
+        finish(job, worker)
+    (third,) = claim()
+    assert third.id == jobs[2].pk
+    # Three starts in the window: the fourth waits for the period.
+    assert claim() == []
+    assert Job.objects.get(pk=jobs[3].pk).run_after > jobs[3].run_after
+    assert Job.objects.get(pk=jobs[3].pk).attempts == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_limited_jobs_get_free_slots_before_other_jobs():
+    plain = [record.enqueue(str(n)) for n in range(3)]
+    limited = rated_wide.using(priority=-5).enqueue("low")
+
+    claimed = claim(2)
+    assert sorted(c.id for c in claimed) == [plain[0].pk, limited.pk]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_missing_lock_row_is_created():
+    rated.enqueue("acme", "a")
+    Limit.objects.all().delete()
+
+    assert len(claim()) == 1
+    assert Limit.objects.filter(key="rate:job:tests.limits.rated:acme").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_claim_issues_one_statement_when_no_limit_is_configured(monkeypatch):
+    plain = {
+        name: function
+        for name, function in registry._entries.items()
+        if not (function.options.rate_limit or function.options.concurrency_limit)
+    }
+    monkeypatch.setattr(registry, "_entries", plain)
+    record.enqueue("a")
+
+    with CaptureQueriesContext(connection) as queries:
+        (claimed,) = claim()
+
+    statements = [query["sql"] for query in queries.captured_queries]
+    if connection.vendor == "mysql":
+        # SELECT ... FOR UPDATE SKIP LOCKED, UPDATE and SELECT, as before.
+        assert len([s for s in statements if "klerk_job" in s]) == 3
+    else:
+        assert len(statements) == 1
+    assert not any("klerk_limit" in statement for statement in statements)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_old_starts_are_pruned():
+    rated.enqueue("acme", "a")
+    rated_wide.enqueue("b")
+    claim()
+    assert LimitStart.objects.count() == 2
+
+    LimitStart.objects.filter(key__contains="rated_wide").update(
+        started_at=Job.objects.first().created_at - timedelta(seconds=61)
+    )
+    assert limits.prune_starts() == 1
+    assert LimitStart.objects.count() == 1

@@ -467,8 +467,8 @@ class Checker:
     slow database delays the next check, never a heartbeat.
     """
 
-    def __init__(self, every_seconds: float = CHECK_SECONDS) -> None:
-        self.every_seconds = every_seconds
+    def __init__(self, every_seconds: float | None = None) -> None:
+        self.every_seconds = every_seconds or CHECK_SECONDS
         self.due = threading.Event()
         self.thread: threading.Thread | None = None
         self.next_at = 0.0

@@ -18,6 +18,10 @@ class TestAppConfig(AppConfig):
             more_jobs,
         )
 
+        from .clock import install
+
+        install()
+
         # Django 5.2 has no django.tasks, so its test runs skip the tasks.
         if find_spec("django.tasks") is not None:
             from . import tasks  # noqa: F401  (they register)

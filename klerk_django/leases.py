@@ -217,7 +217,8 @@ def _limited_filter(
     conn: BaseDatabaseWrapper, excluded: Excluded
 ) -> tuple[str, list[Any]]:
     """Return SQL that leaves out jobs under a limit, and its parameters."""
-    sql, params = "", []
+    sql = ""
+    params: list[Any] = []
     for column, values in zip(("name", "queue"), excluded, strict=True):
         if not values:
             continue

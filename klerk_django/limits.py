@@ -59,8 +59,9 @@ def _is_int(value: Any) -> bool:
 
 def _check_limit(kind: str, limit: Any) -> None:
     if not _is_int(limit) or limit < 1:
-        raise LimitError(f"A {kind}'s limit must be an integer of at least 1, "
-                         f"got {limit!r}.")
+        raise LimitError(
+            f"A {kind}'s limit must be an integer of at least 1, got {limit!r}."
+        )
 
 
 def _check_key(kind: str, key: Any) -> None:
@@ -136,9 +137,7 @@ class Limits:
 def check_declared(rate_limit: Any, concurrency_limit: Any) -> None:
     """Raise LimitError unless both are limits of the right kind or None."""
     if rate_limit is not None and not isinstance(rate_limit, RateLimit):
-        raise LimitError(
-            f"rate_limit must be a RateLimit or None, got {rate_limit!r}."
-        )
+        raise LimitError(f"rate_limit must be a RateLimit or None, got {rate_limit!r}.")
     if concurrency_limit is not None and not isinstance(
         concurrency_limit, ConcurrencyLimit
     ):
@@ -402,9 +401,7 @@ def claim(
     return rows
 
 
-def _candidates(
-    plan: Plan, queues: Sequence[str] | None, free: int
-) -> list[Candidate]:
+def _candidates(plan: Plan, queues: Sequence[str] | None, free: int) -> list[Candidate]:
     db, conn = database.alias(), database.connection()
     ready = Job.objects.using(db).filter(
         Q(name__in=list(plan.functions)) | Q(queue__in=list(plan.queues)),
@@ -649,9 +646,7 @@ def _start(
     return list(mine.values_list(*returned))
 
 
-def _record_starts(
-    started: list[Candidate], claimed: set[int], now: datetime
-) -> None:
+def _record_starts(started: list[Candidate], claimed: set[int], now: datetime) -> None:
     starts = [
         LimitStart(key=bound.key, started_at=now, job_id=candidate.id)
         for candidate in started

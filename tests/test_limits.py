@@ -13,9 +13,10 @@ from klerk_django import attempts, job, leases, limits
 from klerk_django.exceptions import LimitError, SettingsError
 from klerk_django.jobs import registry
 from klerk_django.limits import ConcurrencyLimit, RateLimit
-from klerk_django.models import Job, JobStatus, Limit, LimitStart
+from klerk_django.models import Attempt, Job, JobStatus, Limit, LimitStart
 from tests.testapp.jobs import record
 from tests.testapp.limit_jobs import alone, odd, paired, rated, rated_wide
+from tests.workers import running_worker, start_worker, stop, wait_for
 
 
 def claim(count: int = 10, worker: uuid.UUID | None = None) -> list[leases.ClaimedJob]:
@@ -193,8 +194,9 @@ def test_rate_limited_job_starts_once_its_window_has_room():
     assert len(claim()) == 2
 
     # As if the period had passed since both starts.
-    LimitStart.objects.update(started_at=Job.objects.get(pk=jobs[0].pk).created_at
-                              - timedelta(seconds=61))
+    LimitStart.objects.update(
+        started_at=Job.objects.get(pk=jobs[0].pk).created_at - timedelta(seconds=61)
+    )
     Job.objects.filter(pk=jobs[2].pk).update(run_after=jobs[2].created_at)
 
     (third,) = claim()
@@ -254,8 +256,8 @@ def test_queue_limits_apply_to_every_job_of_the_queue(settings):
     assert sorted(c.id for c in claimed) == [jobs[0].pk, jobs[1].pk, free.pk]
     assert claim() == []
 
-    for job in claimed:
-        finish(job, worker)
+    for started in claimed:
+        finish(started, worker)
     (third,) = claim()
     assert third.id == jobs[2].pk
     # Three starts in the window: the fourth waits for the period.
@@ -316,3 +318,109 @@ def test_old_starts_are_pruned():
     )
     assert limits.prune_starts() == 1
     assert LimitStart.objects.count() == 1
+
+
+# Real worker processes on PostgreSQL.
+
+
+def most_in_any_window(times: list, seconds: float) -> int:
+    """Return the most of ``times`` in any half-open window of ``seconds``."""
+    times = sorted(times)
+    period = timedelta(seconds=seconds)
+    return max(
+        (sum(1 for t in times if start <= t < start + period) for start in times),
+        default=0,
+    )
+
+
+def all_ended(jobs: list[Job]) -> bool:
+    ids = [job.pk for job in jobs]
+    return not Job.objects.filter(pk__in=ids).exclude(status=JobStatus.SUCCEEDED)
+
+
+@pytest.mark.postgresql
+@pytest.mark.django_db(transaction=True)
+def test_four_workers_never_start_more_than_the_rate_in_any_window():
+    customers = ("acme", "globex")
+    jobs = [rated.enqueue(c, f"{c}-{n}") for n in range(8) for c in customers]
+
+    workers = [start_worker("--concurrency", "3") for _ in range(4)]
+    try:
+        wait_for(lambda: all_ended(jobs), timeout=120)
+    finally:
+        for worker in workers:
+            stop(worker)
+
+    for customer in customers:
+        starts = list(
+            Attempt.objects.filter(job__rate_key=customer).values_list(
+                "started_at", flat=True
+            )
+        )
+        assert len(starts) == 8
+        assert most_in_any_window(starts, 1.0) <= 2
+        recorded = LimitStart.objects.filter(
+            key=f"rate:job:tests.limits.rated:{customer}"
+        )
+        assert (
+            most_in_any_window(list(recorded.values_list("started_at", flat=True)), 1.0)
+            <= 2
+        )
+    # Held back, never started: no attempt was used up by waiting.
+    assert set(Job.objects.values_list("attempts", flat=True)) == {1}
+
+
+@pytest.mark.postgresql
+@pytest.mark.django_db(transaction=True)
+def test_four_workers_never_run_more_than_the_concurrency_limit():
+    jobs = [paired.enqueue("acme", f"a-{n}", 0.3) for n in range(10)]
+    others = [paired.enqueue("globex", f"g-{n}", 0.3) for n in range(4)]
+
+    workers = [start_worker("--concurrency", "3") for _ in range(4)]
+    try:
+        wait_for(lambda: all_ended(jobs + others), timeout=120)
+    finally:
+        for worker in workers:
+            stop(worker)
+
+    spans = list(
+        Attempt.objects.filter(job_id__in=[job.pk for job in jobs]).values_list(
+            "started_at", "finished_at"
+        )
+    )
+    assert len(spans) == 10
+    most = max(
+        sum(1 for start, end in spans if start <= moment < end) for moment, _ in spans
+    )
+    assert most <= 2
+    assert set(Job.objects.values_list("attempts", flat=True)) == {1}
+
+
+@pytest.mark.postgresql
+@pytest.mark.django_db(transaction=True)
+def test_killed_workers_job_counts_until_its_lease_expires(tmp_path):
+    gate = tmp_path / "gate"
+    held = alone.enqueue("acme", "held", str(gate))
+    holder = start_worker("--lease-seconds", "3")
+    try:
+        wait_for(lambda: Job.objects.get(pk=held.pk).status == JobStatus.RUNNING)
+        opened = tmp_path / "open"
+        opened.touch()
+        waiting = alone.enqueue("acme", "waiting", str(opened))
+        with running_worker():
+            holder.kill()
+            holder.wait(30)
+            # No heartbeat renews it any more: this is when it runs out.
+            expiry = Job.objects.get(pk=held.pk).lease_expires_at
+            wait_for(lambda: Job.objects.get(pk=waiting.pk).started_at)
+            started = Job.objects.get(pk=waiting.pk).started_at
+            gate.touch()
+            wait_for(lambda: all_ended([held, waiting]))
+    finally:
+        stop(holder)
+
+    assert started >= expiry
+    outcomes = list(
+        Attempt.objects.filter(job_id=held.pk).values_list("number", "outcome")
+    )
+    assert outcomes == [(1, "interrupted"), (2, "succeeded")]

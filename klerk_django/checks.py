@@ -252,3 +252,24 @@ def check_schedules(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     from .schedules import settings_problems
 
     return [Error(problem, id="klerk_django.E013") for problem in settings_problems()]
+
+
+@register(Tags.compatibility)
+def check_queue_limits(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """Report KLERK_QUEUES limits that workers could not enforce."""
+    from .limits import QUEUE_OPTIONS, parse_queues
+
+    value = _value("KLERK_QUEUES")
+    try:
+        parse_queues(value)
+    except ValueError as problem:
+        return [
+            Error(
+                f"KLERK_QUEUES is unusable: {problem}.",
+                hint='Write it as {"mail": {"rate_limit": (10, 60), '
+                '"concurrency_limit": 2}}: at most 10 starts per 60 seconds '
+                f"and 2 running at once; the options are {list(QUEUE_OPTIONS)}.",
+                id="klerk_django.E014",
+            )
+        ]
+    return []

@@ -6,6 +6,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.core.checks import run_checks
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -424,3 +425,28 @@ def test_killed_workers_job_counts_until_its_lease_expires(tmp_path):
         Attempt.objects.filter(job_id=held.pk).values_list("number", "outcome")
     )
     assert outcomes == [(1, "interrupted"), (2, "succeeded")]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"mail": {"rate_limit": (0, 60)}},
+        {"mail": {"concurrency_limit": -1}},
+        {"mail": {"rate_limit": (10, "a minute")}},
+        {"mail": {"burst": 3}},
+        "mail",
+    ],
+)
+def test_system_check_reports_bad_queue_limits(settings, value):
+    settings.KLERK_QUEUES = value
+
+    messages = [m for m in run_checks(databases=[]) if m.id == "klerk_django.E014"]
+
+    assert len(messages) == 1
+    assert messages[0].msg.startswith("KLERK_QUEUES is unusable: ")
+
+
+def test_system_check_accepts_good_queue_limits(settings):
+    settings.KLERK_QUEUES = {"mail": {"rate_limit": (10, 60), "concurrency_limit": 2}}
+
+    assert not [m for m in run_checks(databases=[]) if m.id == "klerk_django.E014"]

@@ -4,7 +4,8 @@ Only final rows go: succeeded, failed or cancelled jobs and succeeded or
 failed actions whose ``finished_at`` is older than the cutoff. Ready and
 running jobs, and pending or running actions, are never touched, however
 old. Deletion runs in batches, each its own short transaction, so a large
-backlog never holds locks for long.
+backlog never holds locks for long. Starts recorded under rate limits go
+once they are older than the longest limit's period, whatever the days.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from django.db import transaction
 
-from . import database
+from . import database, limits
 from .conf import settings
 from .exceptions import SettingsError
 from .models import FINAL_STATUSES, Action, ActionStatus, Attempt, Job
@@ -35,6 +36,8 @@ class Pruned:
     jobs: int
     attempts: int
     actions: int
+    # Rate limit starts older than every window, whatever the days.
+    limit_starts: int = 0
 
 
 def retention_days() -> float | None:
@@ -67,8 +70,9 @@ def prune(older_than_days: float, batch_size: int = 1000) -> Pruned:
 
     jobs, attempts = _prune_jobs(cutoff, batch_size)
     actions = _prune_actions(cutoff, batch_size)
+    starts = limits.prune_starts()
 
-    pruned = Pruned(jobs, attempts, actions)
+    pruned = Pruned(jobs, attempts, actions, starts)
     logger.info(
         "pruned jobs=%s attempts=%s actions=%s days=%s",
         jobs,

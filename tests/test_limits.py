@@ -10,7 +10,7 @@ from django.core.checks import run_checks
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from klerk_django import attempts, job, leases, limits
+from klerk_django import attempts, job, leases, limits, retention
 from klerk_django.exceptions import LimitError, SettingsError
 from klerk_django.jobs import registry
 from klerk_django.limits import ConcurrencyLimit, RateLimit
@@ -319,6 +319,14 @@ def test_old_starts_are_pruned():
     )
     assert limits.prune_starts() == 1
     assert LimitStart.objects.count() == 1
+
+    # Older than the longest period of every limit declared anywhere.
+    longest = limits.current_plan().longest_period
+    LimitStart.objects.update(
+        started_at=Job.objects.first().created_at - timedelta(seconds=longest + 1)
+    )
+    assert retention.prune(30).limit_starts == 1
+    assert not LimitStart.objects.exists()
 
 
 # Real worker processes on PostgreSQL.

@@ -32,6 +32,8 @@ _EXPORTS = {
     "report_progress": "attempts",
     "pause_queue": "queues",
     "resume_queue": "queues",
+    "RateLimit": "limits",
+    "ConcurrencyLimit": "limits",
     "JobResult": "results",
     "JobNotFound": "results",
 }

@@ -1054,3 +1054,7 @@ def is_alive(worker: Worker) -> bool:
     if worker.stopped_at is not None:
         return False
     return worker.last_heartbeat_at >= stats.alive_since()
+
+
+# The schedules' page lives in its own module; importing it registers it.
+from . import schedule_admin  # noqa: E402, F401

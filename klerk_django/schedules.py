@@ -336,16 +336,18 @@ def _check_one(
             )
         return None
 
-    next_at = _aware(state.next_tick_at)
-    if next_at > now:
+    # Compared as stored: with USE_TZ = False, a wall time repeated in the
+    # autumn is one stored value, whichever of its instants it was.
+    next_at = state.next_tick_at
+    if next_at > _stored(now):
         upcoming = schedule.next_tick(now)
         # The expression or time zone changed since next_tick_at was set.
-        if upcoming < next_at:
+        if _stored(upcoming) < next_at:
             _advance(db, state, upcoming, now)
         return None
 
     tick = schedule.previous_tick(now)
-    if tick is None or tick < next_at:
+    if tick is None or _stored(tick) < next_at:
         _advance(db, state, schedule.next_tick(now), now)
         return None
     return _enqueue_tick(db, schedule, state, tick, now)

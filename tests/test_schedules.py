@@ -356,6 +356,15 @@ def test_the_management_command_lists_and_checks_schedules(declare, capsys):
 # False with TIME_ZONE = "Europe/Berlin", in test_daylight_under_both_...
 
 
+def wall(moments: list[datetime], zone: ZoneInfo) -> list[str]:
+    """Return wall-clock times: with USE_TZ = False, that is all is stored.
+
+    PostgreSQL reads a repeated wall time as its second instant, so under
+    USE_TZ = False 02:30 CEST comes back as 02:30 CET.
+    """
+    return [moment.astimezone(zone).strftime("%m-%d %H:%M") for moment in moments]
+
+
 def walk(start: datetime, end: datetime, step: timedelta) -> None:
     """Check schedules at every ``step`` from ``start`` to ``end``."""
     moment = start
@@ -391,7 +400,7 @@ def test_daylight_repeated_autumn_hour_fires_once(declare):
 
     walk(utc(2026, 10, 24, 12), utc(2026, 10, 26, 12), timedelta(minutes=5))
 
-    assert ticked() == [utc(2026, 10, 25, 0, 30), utc(2026, 10, 26, 1, 30)]
+    assert wall(ticked(), BERLIN) == ["10-25 02:30", "10-26 02:30"]
 
 
 @pytest.mark.django_db
@@ -400,8 +409,12 @@ def test_daylight_hourly_skips_the_repeated_hour(declare):
 
     walk(utc(2026, 10, 24, 22, 1), utc(2026, 10, 25, 3, 1), timedelta(minutes=5))
 
-    local = [moment.astimezone(BERLIN).strftime("%H:%M %Z") for moment in ticked()]
-    assert local == ["01:00 CEST", "02:00 CEST", "03:00 CET", "04:00 CET"]
+    assert wall(ticked(), BERLIN) == [
+        "10-25 01:00",
+        "10-25 02:00",
+        "10-25 03:00",
+        "10-25 04:00",
+    ]
 
 
 @pytest.mark.django_db
@@ -509,3 +522,27 @@ def test_three_workers_enqueue_each_tick_once(tmp_path, monkeypatch):
     assert len(keys) == len(set(keys)) == 9
     assert log.read_text().count("schedule ticked schedule=minutely") == 9
     assert "missed=11 " in log.read_text()
+
+
+# The admin page
+
+
+@pytest.mark.django_db
+def test_the_admin_lists_schedules_read_only(admin_client, declare):
+    from django.urls import reverse
+
+    declare("0 6 * * *", timezone="Europe/Berlin")
+    check_schedules(now=utc(2026, 5, 1, 10, 25))
+    Schedule.objects.create(name="tests.removed")
+    changelist = reverse("admin:klerk_django_schedule_changelist")
+    page = reverse("admin:klerk_django_schedule_change", args=[NAME])
+
+    listing = admin_client.get(changelist).content.decode()
+    refused = admin_client.post(page, {"name": "renamed"})
+
+    assert "0 6 * * *" in listing and "Europe/Berlin" in listing
+    assert "tests.removed" in listing and "not declared" in listing
+    assert "schedule/add/" not in listing
+    assert admin_client.get(page).status_code == 200
+    assert refused.status_code == 403
+    assert Schedule.objects.filter(name=NAME).exists()

@@ -16,8 +16,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 
-from . import display, queues, stats
+from . import display, limits, queues, stats
 from .conf import settings
+from .exceptions import SettingsError
 from .jobs import registry
 from .models import Job, JobStatus, Worker
 
@@ -74,10 +75,12 @@ def queues_context() -> dict[str, Any]:
     """Return ready, scheduled and running jobs and the lag of every queue."""
     now = timezone.now()
     paused = set(queues.paused_queues())
+    limited = _queue_limits()
     rows = [
         {
             "queue": row.queue,
             "paused": row.queue in paused,
+            "limits": limits.describe(limited.get(row.queue)) or display.EMPTY,
             "ready": row.ready,
             "scheduled": row.scheduled,
             "running": row.running,
@@ -85,20 +88,29 @@ def queues_context() -> dict[str, Any]:
             "ready_url": job_list_url(queue=row.queue, status__exact="ready"),
             "running_url": job_list_url(queue=row.queue, status__exact="running"),
         }
-        for row in _with_registered_queues(stats.queue_stats(), paused)
+        for row in _with_idle_queues(stats.queue_stats(), paused | set(limited))
     ]
     return {"title": "Queues", "rows": rows}
 
 
-def _with_registered_queues(
-    busy: list[stats.QueueStats], paused: set[str]
+def _queue_limits() -> dict[str, limits.Limits]:
+    # An unusable KLERK_QUEUES is reported by system check E014; the page
+    # still shows the jobs.
+    try:
+        return limits.queue_limits()
+    except SettingsError:
+        return {}
+
+
+def _with_idle_queues(
+    busy: list[stats.QueueStats], switched: set[str]
 ) -> list[stats.QueueStats]:
     # Queues are names, not rows: an idle queue is known only from the job
-    # functions that use it.
+    # functions that use it, a pause or its limits.
     known = {row.queue for row in busy}
     idle = [
         stats.QueueStats(queue, 0, 0, 0, None)
-        for queue in sorted((set(registered_queues()) | paused) - known)
+        for queue in sorted((set(registered_queues()) | switched) - known)
     ]
     return sorted(busy + idle, key=lambda row: row.queue)
 

@@ -134,6 +134,17 @@ class Limits:
     concurrency: ConcurrencyLimit | None = None
 
 
+def describe(limits: Limits | None) -> str:
+    """Return limits as text, such as "10 starts per 60 s, 2 running"."""
+    parts = []
+    if limits and limits.rate:
+        starts = "start" if limits.rate.limit == 1 else "starts"
+        parts.append(f"{limits.rate.limit} {starts} per {limits.rate.seconds:g} s")
+    if limits and limits.concurrency:
+        parts.append(f"{limits.concurrency.limit} running")
+    return ", ".join(parts)
+
+
 def check_declared(rate_limit: Any, concurrency_limit: Any) -> None:
     """Raise LimitError unless both are limits of the right kind or None."""
     if rate_limit is not None and not isinstance(rate_limit, RateLimit):

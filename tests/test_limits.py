@@ -9,6 +9,7 @@ import pytest
 from django.core.checks import run_checks
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 
 from klerk_django import attempts, job, leases, limits, retention
 from klerk_django.exceptions import LimitError, SettingsError
@@ -458,3 +459,23 @@ def test_system_check_accepts_good_queue_limits(settings):
     settings.KLERK_QUEUES = {"mail": {"rate_limit": (10, 60), "concurrency_limit": 2}}
 
     assert not [m for m in run_checks(databases=[]) if m.id == "klerk_django.E014"]
+
+
+@pytest.mark.django_db
+def test_queues_page_shows_each_queues_limits(admin_client, settings):
+    settings.KLERK_QUEUES = {
+        "mail": {"rate_limit": (10, 60), "concurrency_limit": 2},
+        "sms": {"rate_limit": (1, 0.5)},
+    }
+    record.enqueue("unlimited")
+
+    page = admin_client.get(reverse("admin:klerk_django_job_queues"))
+
+    assert page.status_code == 200
+    rows = {
+        row.split("</th>")[0].rsplit(">", 1)[-1]: row
+        for row in page.content.decode().split('<th scope="row">')[1:]
+    }
+    assert "10 starts per 60 s, 2 running" in rows["mail"]
+    assert "1 start per 0.5 s" in rows["sms"]
+    assert "<td>-</td>" in rows["default"]

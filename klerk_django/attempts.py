@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 import json
 import logging
 import time
@@ -23,8 +24,17 @@ from typing import Any
 
 from django.db import DataError, Error, IntegrityError, transaction
 
-from . import arguments, calling, database, leases
-from .exceptions import ArgumentError
+from . import (
+    arguments,
+    calling,
+    cancellation,
+    database,
+    job_processes,
+    leases,
+    timeouts,
+)
+from .cancellation import Stop
+from .exceptions import ArgumentError, JobCancelled
 from .jobs import get_job_function
 from .leases import ClaimedJob
 from .models import Attempt, Job, JobStatus
@@ -53,6 +63,11 @@ _context: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(
 def current_job() -> JobContext | None:
     """Return the context of the job running in this thread, if any."""
     return _context.get()
+
+
+def bind_context(context: JobContext) -> None:
+    """Make ``context`` this job process's current job, for good."""
+    _context.set(context)
 
 
 def report_progress(progress: float | dict[str, Any]) -> bool:
@@ -99,33 +114,37 @@ def run(
     claimed: ClaimedJob,
     worker_id: uuid.UUID,
     on_ended: Callable[[], None] | None = None,
+    stop: Stop | None = None,
 ) -> str:
     """Run one attempt of ``claimed`` and record it; return the job's status.
 
     ``on_ended`` is called when the job function has returned or raised,
-    before the outcome is written. Returns an empty string when the outcome
-    could not be recorded, because the lease was lost or the database stayed
+    before the outcome is written. ``stop`` is the flag the worker sets to
+    cancel the attempt. Returns an empty string when the outcome could not
+    be recorded, because the lease was lost or the database stayed
     unreachable.
     """
+    stop = stop or Stop()
     context = JobContext(
         claimed.id, claimed.name, claimed.attempt, claimed.max_attempts, worker_id
     )
     token = _context.set(context)
+    stop_token = cancellation.bind(stop)
     started = time.monotonic()
     outcome: _Failure | None = None
     result: Any = None
     try:
-        function = get_job_function(claimed.name)
-        args, kwargs = arguments.unpack(claimed.arguments)
-        result = calling.call(function.target, args, kwargs)
+        result = _call(claimed, context, stop)
     except BaseException as exc:  # SystemExit from a job is its failure too
         outcome = _Failure(exc, traceback.format_exc())
     finally:
+        cancellation.unbind(stop_token)
         _context.reset(token)
     duration_ms = (time.monotonic() - started) * 1000
     if on_ended is not None:
         on_ended()
 
+    outcome = _stopped(claimed, stop, outcome)
     if outcome is None:
         write = functools.partial(_succeed, claimed, worker_id, result)
     else:
@@ -135,14 +154,55 @@ def run(
     return status or ""
 
 
+def _call(claimed: ClaimedJob, context: JobContext, stop: Stop) -> Any:
+    """Run the job's code here, or in a child process if it asks for one."""
+    function = get_job_function(claimed.name)
+    seconds = claimed.timeout_seconds
+    if function.options.process:
+        return job_processes.call(context, claimed.arguments, seconds, stop)
+
+    args, kwargs = arguments.unpack(claimed.arguments)
+    is_async = inspect.iscoroutinefunction(function.target)
+    with timeouts.limit(seconds, stop, is_async):
+        return calling.call(function.target, args, kwargs, seconds, stop.time_out)
+
+
+def _stopped(
+    claimed: ClaimedJob, stop: Stop, outcome: _Failure | None
+) -> _Failure | None:
+    """Return the outcome once a time limit or cancellation is counted.
+
+    A timed-out attempt fails with the time limit's error whatever the job
+    did after it. A cancelled one ends the job cancelled if the job ended
+    because of it: it raised, or it saw the request and returned.
+    """
+    text = outcome.text if outcome is not None else ""
+    if stop.reason == cancellation.TIMED_OUT:
+        seconds = claimed.timeout_seconds or 0.0
+        error = timeouts.error_text(claimed.attempt, seconds)
+        return _Failure(outcome.exc if outcome else None, text, error)
+    raised = outcome is not None and isinstance(outcome.exc, JobCancelled)
+    if raised or (stop.cancelled and (outcome is not None or stop.noticed)):
+        error = f"JobCancelled: attempt {claimed.attempt} cancelled while running"
+        return _Failure(outcome.exc if outcome else None, text, error, cancel=True)
+    if outcome is not None and isinstance(outcome.exc, job_processes.JobProcessFailed):
+        return _Failure(outcome.exc, outcome.exc.text, outcome.exc.error)
+    return outcome
+
+
 @dataclass(frozen=True)
 class _Failure:
-    exc: BaseException
+    exc: BaseException | None
     text: str
+    # The error to record, when not the exception's own text.
+    message: str = ""
+    # Whether the attempt ends the job cancelled rather than failed.
+    cancel: bool = False
 
     @property
     def error(self) -> str:
-        return arguments.scrub_text(f"{type(self.exc).__name__}: {self.exc}")
+        text = self.message or f"{type(self.exc).__name__}: {self.exc}"
+        return arguments.scrub_text(text)
 
     @property
     def traceback(self) -> str:
@@ -258,7 +318,27 @@ def _succeed_in_one_statement(
 
 
 def _fail(claimed: ClaimedJob, worker_id: uuid.UUID, failure: _Failure) -> str:
+    if failure.cancel:
+        return _write_cancelled(claimed, worker_id, failure.error, failure.traceback)
     return _write_failure(claimed, worker_id, failure.error, failure.traceback)
+
+
+def _write_cancelled(
+    claimed: ClaimedJob, worker_id: uuid.UUID, error: str, text: str
+) -> str:
+    conn = database.connection()
+    with transaction.atomic(using=database.alias()):
+        changed = _guarded(claimed, worker_id).update(
+            status=JobStatus.CANCELLED,
+            finished_at=database.now(conn),
+            lease_expires_at=None,
+            active_unique_key=None,
+            last_error=error,
+        )
+        if not changed:
+            return ""
+        _add_attempt(claimed, worker_id, Attempt.Outcome.FAILED, error, text)
+    return JobStatus.CANCELLED
 
 
 def _fail_plainly(claimed: ClaimedJob, worker_id: uuid.UUID, exc: Error) -> str:
@@ -303,9 +383,13 @@ def _write_failure(
         }
 
     with transaction.atomic(using=db):
-        changed = _guarded(claimed, worker_id).update(
-            lease_expires_at=None, last_error=error, **changes
-        )
+        guarded = _guarded(claimed, worker_id)
+        if status == JobStatus.READY:
+            # A job asked to stop while it ran must not run again.
+            guarded = guarded.filter(cancel_requested_at__isnull=True)
+        changed = guarded.update(lease_expires_at=None, last_error=error, **changes)
+        if not changed and status == JobStatus.READY:
+            return _write_cancelled(claimed, worker_id, error, text)
         if not changed:
             return ""
         _add_attempt(claimed, worker_id, Attempt.Outcome.FAILED, error, text)
@@ -351,5 +435,7 @@ def _log(
             *fields,
             exc_info=failure.exc if failure else None,
         )
+    elif status == JobStatus.CANCELLED:
+        logger.warning("job cancelled while running " + suffix, *fields)
     elif status == "":
         logger.warning("job outcome not recorded, lease lost " + suffix, *fields)

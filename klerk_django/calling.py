@@ -2,7 +2,8 @@
 
 A coroutine function runs to its end in a new event loop on the calling
 thread (``asyncio.run``), so a worker's job thread or an action thread
-treats it like any other call: it returns a value or raises.
+treats it like any other call: it returns a value or raises. With a time
+limit, the coroutine's task is cancelled once the limit has passed.
 """
 
 from __future__ import annotations
@@ -12,15 +13,43 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from .exceptions import JobTimeout
 
-def call(target: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> Any:
-    """Call ``target`` and, if it gave an awaitable, run that to its end."""
+
+def call(
+    target: Callable[..., Any],
+    args: Any,
+    kwargs: dict[str, Any],
+    timeout: float | None = None,
+    on_timeout: Callable[[], Any] | None = None,
+) -> Any:
+    """Call ``target`` and, if it gave an awaitable, run that to its end.
+
+    An awaitable still running after ``timeout`` seconds is cancelled,
+    ``on_timeout`` is called, and JobTimeout is raised.
+    """
     value = target(*args, **kwargs)
     if inspect.isawaitable(value):
-        return asyncio.run(_awaited(value))
+        return asyncio.run(_awaited(value, timeout, on_timeout))
     return value
 
 
-async def _awaited(awaitable: Any) -> Any:
+async def _awaited(
+    awaitable: Any, timeout: float | None, on_timeout: Callable[[], Any] | None
+) -> Any:
     # asyncio.run takes coroutines only; this takes any awaitable.
-    return await awaitable
+    if timeout is None:
+        return await awaitable
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if done:
+        return task.result()
+
+    if on_timeout is not None:
+        on_timeout()
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    raise JobTimeout(f"ran past its {timeout:g} s time limit")

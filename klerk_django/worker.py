@@ -33,7 +33,17 @@ from dataclasses import dataclass
 
 from django.db import Error, close_old_connections
 
-from . import actions, attempts, database, leases, notify, retention, schedules
+from . import (
+    actions,
+    attempts,
+    cancellation,
+    database,
+    leases,
+    notify,
+    retention,
+    schedules,
+)
+from .cancellation import Stop
 from .conf import settings
 from .leases import ClaimedJob
 from .models import Worker as WorkerRecord
@@ -71,6 +81,8 @@ class Worker:
         # Jobs whose outcome is being written: a lease found gone then was
         # most likely ended by that write, not lost.
         self.ending: set[int] = set()
+        # Each running attempt's stop flag, set when it is cancelled.
+        self.stops: dict[int, Stop] = {}
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(
             max_workers=options.concurrency, thread_name_prefix="klerk-job"
@@ -214,16 +226,18 @@ class Worker:
         self._tuned = conn.connection
 
     def _start(self, job: ClaimedJob) -> None:
+        stop = Stop()
         with self.lock:
             self.running[job.id] = job
-        self.pool.submit(self._execute, job)
+            self.stops[job.id] = stop
+        self.pool.submit(self._execute, job, stop)
 
-    def _execute(self, job: ClaimedJob) -> None:
+    def _execute(self, job: ClaimedJob, stop: Stop) -> None:
         try:
             # This thread's connections may have idled past CONN_MAX_AGE,
             # or the server's own timeout, since its last job.
             close_old_connections()
-            attempts.run(job, self.id, on_ended=lambda: self._ending(job))
+            attempts.run(job, self.id, lambda: self._ending(job), stop)
         except Exception:
             logger.exception(
                 "attempt crashed job_id=%s job=%s attempt=%s worker=%s",
@@ -237,6 +251,7 @@ class Worker:
                 # A stale attempt must not drop a newer one of the same job.
                 if self.running.get(job.id) is job:
                     del self.running[job.id]
+                    del self.stops[job.id]
                 self.ending.discard(job.id)
                 self.jobs_done += 1
             self.wake.set()
@@ -318,9 +333,19 @@ class Worker:
             lost -= self.ending
         for job_id in lost:
             logger.warning("lease lost job_id=%s worker=%s", job_id, self.id)
+        self._pass_on_cancellations(held)
         WorkerRecord.objects.using(database.alias()).filter(pk=self.id).update(
             last_heartbeat_at=database.now()
         )
+
+    def _pass_on_cancellations(self, held: list[int]) -> None:
+        """Set the stop flag of each held job someone asked to stop."""
+        asked = cancellation.requested_among(self.id, held)
+        with self.lock:
+            stops = {job_id: self.stops.get(job_id) for job_id in asked}
+        for job_id, stop in stops.items():
+            if stop is not None and stop.cancel():
+                logger.info("job asked to stop job_id=%s worker=%s", job_id, self.id)
 
     def _recover(self) -> None:
         recovered = leases.recover_expired()

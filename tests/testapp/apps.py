@@ -16,8 +16,8 @@ class TestAppConfig(AppConfig):
             limit_jobs,
             more_actions,
             more_jobs,
+            stop_jobs,
         )
-
         from .clock import install
 
         install()

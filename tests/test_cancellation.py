@@ -1,0 +1,136 @@
+"""Cancelling running jobs: cooperative ones, jobs in a child process."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from klerk_django import cancel_jobs
+from klerk_django.models import Attempt, Job, JobStatus
+from tests.testapp.jobs import record
+from tests.testapp.models import Run
+from tests.testapp.stop_jobs import cooperative, in_process, stubborn
+from tests.workers import running_worker, wait_for
+
+# Frequent heartbeats, so that a worker sees a request within a second.
+FAST = {
+    "KLERK_LEASE_SECONDS": 6,
+    "KLERK_HEARTBEAT_SECONDS": 1,
+    "KLERK_RECOVERY_SECONDS": 1,
+}
+
+
+def status(job: Job) -> str:
+    return Job.objects.get(pk=job.pk).status
+
+
+def started(kind: str, key: str) -> list[int]:
+    return list(Run.objects.filter(kind=kind, key=key).values_list("pid", flat=True))
+
+
+def attempts_of(job: Job) -> list[tuple[int, str, str]]:
+    rows = Attempt.objects.filter(job_id=job.pk).order_by("number")
+    return list(rows.values_list("number", "outcome", "error"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_running_cooperative_job_sees_the_request_and_ends_cancelled():
+    job = cooperative.enqueue("co")
+    with running_worker(settings=FAST):
+        wait_for(lambda: started("cooperative", "co"))
+
+        assert cancel_jobs([job.pk]) == 1
+
+        wait_for(lambda: status(job) == JobStatus.CANCELLED)
+
+    ended = Job.objects.get(pk=job.pk)
+    error = "JobCancelled: attempt 1 cancelled while running"
+    assert attempts_of(job) == [(1, "failed", error)]
+    assert ended.last_error == error
+    assert ended.finished_at is not None and ended.cancel_requested_at is not None
+    assert "raise_if_cancelled" in Attempt.objects.get(job_id=job.pk).traceback
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancelled_unique_job_frees_its_key_for_a_new_one():
+    job = cooperative.using(unique_key="only-one").enqueue("unique")
+    with running_worker(settings=FAST):
+        wait_for(lambda: started("cooperative", "unique"))
+        assert cooperative.using(unique_key="only-one").enqueue("again").is_duplicate
+
+        cancel_jobs(Job.objects.filter(pk=job.pk))
+        wait_for(lambda: status(job) == JobStatus.CANCELLED)
+
+        again = cooperative.using(unique_key="only-one").enqueue("again")
+        assert not again.is_duplicate
+        cancel_jobs([again.pk])
+        wait_for(lambda: status(again) == JobStatus.CANCELLED)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_child_process_job_that_ignores_the_request_is_killed():
+    job = stubborn.enqueue("stubborn")
+    after = record.enqueue("after the kill")
+    with running_worker("--concurrency", "1", settings=FAST) as worker:
+        (pid,) = wait_for(lambda: started("stubborn", "stubborn"))
+        assert pid != worker.pid
+
+        cancel_jobs([job.pk])
+
+        wait_for(lambda: status(job) == JobStatus.CANCELLED)
+        wait_for(lambda: status(after) == JobStatus.SUCCEEDED)
+        assert worker.poll() is None
+        assert not _alive(pid)
+
+    error = "JobCancelled: attempt 1 cancelled while running"
+    assert attempts_of(job) == [(1, "failed", error)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_child_process_job_returns_its_result_and_reports_progress():
+    job = in_process.enqueue("fine")
+    with running_worker(settings=FAST) as worker:
+        wait_for(lambda: status(job) == JobStatus.SUCCEEDED)
+
+    ended = Job.objects.get(pk=job.pk)
+    (pid,) = started("in_process", "fine")
+    assert pid != worker.pid
+    assert ended.result == {"key": "fine", "pid": pid}
+    assert ended.progress == {"pid": pid}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_child_process_job_failure_keeps_its_error_and_traceback():
+    job = in_process.enqueue("broken", fail=True)
+    with running_worker(settings=FAST):
+        wait_for(lambda: status(job) == JobStatus.FAILED)
+
+    attempt = Attempt.objects.get(job_id=job.pk)
+    assert attempt.error == "ValueError: failing in the child: broken"
+    assert 'raise ValueError(f"failing in the child: {key}")' in attempt.traceback
+
+
+@pytest.mark.django_db(transaction=True)
+def test_child_process_job_dies_with_its_worker():
+    job = stubborn.enqueue("orphan")
+    with running_worker(settings=FAST) as worker:
+        (pid,) = wait_for(lambda: started("stubborn", "orphan"))
+        worker.kill()
+        worker.wait(30)
+
+        wait_for(lambda: not _alive(pid))
+    cancel_jobs([job.pk])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A child that ended but was not reaped yet is a zombie: not running.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

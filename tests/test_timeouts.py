@@ -1,0 +1,125 @@
+"""Time limits of attempts: on a job thread, in a child process, async."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from klerk_django.exceptions import EnqueueOptionError
+from klerk_django.jobs import job
+from klerk_django.models import Attempt, Job, JobStatus
+from tests.testapp.jobs import record
+from tests.testapp.models import Run
+from tests.testapp.stop_jobs import async_sleeper, busy, sleeper, swallower
+from tests.workers import running_worker, wait_for
+
+FAST = {
+    "KLERK_LEASE_SECONDS": 6,
+    "KLERK_HEARTBEAT_SECONDS": 1,
+    "KLERK_RECOVERY_SECONDS": 1,
+}
+
+
+def status(job: Job) -> str:
+    return Job.objects.get(pk=job.pk).status
+
+
+def errors(job: Job) -> list[tuple[int, str, str]]:
+    rows = Attempt.objects.filter(job_id=job.pk).order_by("number")
+    return list(rows.values_list("number", "outcome", "error"))
+
+
+def runs(kind: str, key: str) -> int:
+    return Run.objects.filter(kind=kind, key=key).count()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_thread_job_past_its_time_limit_fails_and_is_retried():
+    job = busy.enqueue("busy")
+    after = record.enqueue("after the time limit")
+    with running_worker("--concurrency", "1", settings=FAST):
+        wait_for(lambda: status(job) == JobStatus.FAILED)
+        wait_for(lambda: status(after) == JobStatus.SUCCEEDED)
+
+    assert Job.objects.get(pk=job.pk).timeout_seconds == 1.0
+    assert errors(job) == [
+        (1, "failed", "JobTimeout: attempt 1 ran past its 1 s time limit"),
+        (2, "failed", "JobTimeout: attempt 2 ran past its 1 s time limit"),
+    ]
+    assert runs("busy", "busy") == 2
+    assert runs("busy-end", "busy") == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_child_process_job_past_its_time_limit_is_killed():
+    job = sleeper.using(timeout=1.5).enqueue("sleeper")
+    with running_worker(settings=FAST) as worker:
+        wait_for(lambda: status(job) == JobStatus.FAILED)
+        assert worker.poll() is None
+
+    assert errors(job) == [
+        (1, "failed", "JobTimeout: attempt 1 ran past its 1.5 s time limit")
+    ]
+    assert runs("sleeper", "sleeper") == 1
+    assert runs("sleeper-end", "sleeper") == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_async_job_past_its_time_limit_has_its_task_cancelled():
+    job = async_sleeper.using(timeout=1).enqueue("async")
+    with running_worker(settings=FAST):
+        wait_for(lambda: status(job) == JobStatus.FAILED)
+
+    assert errors(job) == [
+        (1, "failed", "JobTimeout: attempt 1 ran past its 1 s time limit")
+    ]
+    assert runs("async_sleeper", "async") == 1
+    assert "klerk_django/calling.py" in Attempt.objects.get(job_id=job.pk).traceback
+
+
+@pytest.mark.django_db(transaction=True)
+def test_time_limit_in_a_thread_passes_through_except_exception():
+    job = swallower.enqueue("careless")
+    with running_worker(settings=FAST):
+        wait_for(lambda: status(job) == JobStatus.FAILED)
+
+    assert runs("swallowed", "careless") == 0
+    assert "JobTimeout" in Attempt.objects.get(job_id=job.pk).traceback
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("value", [0, -1, math.inf, math.nan, True, "30", 10**12])
+def test_bad_timeout_is_refused_by_name(value):
+    with pytest.raises(EnqueueOptionError) as raised:
+        record.using(timeout=value)
+
+    assert raised.value.option == "timeout_seconds"
+    assert "Job option 'timeout' must be a number of seconds above 0" in str(
+        raised.value
+    )
+    assert Job.objects.count() == 0
+
+
+def test_bad_timeout_on_the_decorator_is_refused_before_registering():
+    with pytest.raises(EnqueueOptionError, match="'timeout'"):
+
+        @job(name="tests.never_registered", timeout=-5)
+        def never() -> None:
+            pass
+
+
+def test_process_flag_must_be_a_bool():
+    with pytest.raises(EnqueueOptionError, match="'process' must be True or False"):
+
+        @job(name="tests.never_registered_either", process="yes")
+        def never() -> None:
+            pass
+
+
+@pytest.mark.django_db
+def test_timeout_is_stored_with_the_job():
+    stored = record.using(timeout=2.5).enqueue("limited")
+
+    assert Job.objects.get(pk=stored.pk).timeout_seconds == 2.5
+    assert Job.objects.get(pk=record.enqueue("free").pk).timeout_seconds is None

@@ -1,0 +1,89 @@
+"""Jobs that run until they are cancelled or stopped by their time limit."""
+
+import asyncio
+import os
+import signal
+import time
+
+from asgiref.sync import sync_to_async
+
+from klerk_django import job, raise_if_cancelled, report_progress
+
+from .control_jobs import _mark_elsewhere
+from .jobs import _mark
+
+# Bounded, so that a worker nobody stops cannot run them for ever.
+LONGEST = 300.0
+
+
+@job(name="tests.cooperative", backoff_seconds=0.0)
+def cooperative(key: str) -> str:
+    """Run until cancelled, checking the flag between small steps."""
+    _mark("cooperative", key)
+    deadline = time.monotonic() + LONGEST
+    while time.monotonic() < deadline:
+        raise_if_cancelled()
+        time.sleep(0.02)
+    return "not cancelled"
+
+
+@job(name="tests.stubborn", process=True, backoff_seconds=0.0)
+def stubborn(key: str) -> str:
+    """Ignore the cancellation and SIGTERM: only SIGKILL ends it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _mark("stubborn", key)
+    deadline = time.monotonic() + LONGEST
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "not stopped"
+
+
+@job(name="tests.busy", max_attempts=2, backoff_seconds=0.0, timeout=1)
+def busy(key: str) -> str:
+    """Keep running Python code past any short time limit."""
+    _mark("busy", key)
+    deadline = time.monotonic() + LONGEST
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+    _mark("busy-end", key)
+    return "ran to the end"
+
+
+@job(name="tests.sleeper", process=True, backoff_seconds=0.0, max_attempts=1)
+def sleeper(key: str) -> str:
+    """Block in one long sleep, which only a signal can cut short."""
+    _mark("sleeper", key)
+    time.sleep(LONGEST)
+    _mark("sleeper-end", key)
+    return "slept"
+
+
+@job(name="tests.async_sleeper", backoff_seconds=0.0, max_attempts=1)
+async def async_sleeper(key: str) -> str:
+    """Await a long sleep, which cancelling the task ends."""
+    await sync_to_async(_mark_elsewhere, thread_sensitive=False)("async_sleeper", key)
+    await asyncio.sleep(LONGEST)
+    return "slept"
+
+
+@job(name="tests.in_process", process=True, backoff_seconds=0.0, max_attempts=1)
+def in_process(key: str, fail: bool = False) -> dict:
+    """Report progress and return, or raise, from a child process."""
+    _mark("in_process", key)
+    report_progress({"pid": os.getpid()})
+    if fail:
+        raise ValueError(f"failing in the child: {key}")
+    return {"key": key, "pid": os.getpid()}
+
+
+@job(name="tests.swallower", max_attempts=1, timeout=1)
+def swallower(key: str) -> str:
+    """Swallow every Exception in its loop, as careless code does."""
+    _mark("swallower", key)
+    deadline = time.monotonic() + LONGEST
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.02)
+        except Exception:
+            _mark("swallowed", key)
+    return "ran to the end"

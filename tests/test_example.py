@@ -49,7 +49,11 @@ def test_place_order_stores_order_jobs_and_receipt_action(customer):
     assert set(jobs) == {"shop.charge_card", "shop.fraud_check", "shop.follow_up"}
     assert jobs["shop.fraud_check"].priority == 10
     assert jobs["shop.follow_up"].run_after > jobs["shop.follow_up"].created_at
-    assert all(job.arguments["args"] == [order.pk] for job in jobs.values())
+    assert jobs["shop.charge_card"].arguments["args"] == [order.pk]
+    assert jobs["shop.fraud_check"].arguments["args"] == [order.pk]
+    # One follow-up mail per customer at a time: the customer is its key.
+    assert jobs["shop.follow_up"].arguments["args"] == [order.pk, customer.name]
+    assert jobs["shop.follow_up"].rate_key == customer.name
     assert list(Action.objects.values_list("name", flat=True)) == ["shop.send_receipt"]
 
 
@@ -107,6 +111,8 @@ def test_run_example_shows_retried_scheduled_jobs_and_actions_twice():
         assert scheduled >= 1, output
         assert int(actions.group(1)) >= 1, output
         assert "rejected: unknown-shop" in output
+        # north-bakery's two follow-ups: one per customer per window.
+        assert "held back by the rate limit" in output
 
     assert Order.objects.count() == Receipt.objects.count() == 8
     assert set(Order.objects.values_list("status", flat=True)) == {"paid"}
@@ -119,9 +125,9 @@ def test_follow_up_is_asked_for_once_per_order_while_it_waits(customer):
     from shop.jobs import follow_up
 
     order = Order.objects.create(customer=customer, amount_cents=1_00)
-    first = follow_up.enqueue(order.pk)
-    again = follow_up.enqueue(order.pk)
-    other = follow_up.enqueue(order.pk + 1)
+    first = follow_up.enqueue(order.pk, customer.name)
+    again = follow_up.enqueue(order.pk, customer.name)
+    other = follow_up.enqueue(order.pk + 1, customer.name)
 
     assert again.pk == first.pk and again.is_duplicate
     assert not other.is_duplicate

@@ -50,6 +50,6 @@ class PlaceOrder(Command):
         # Stored in this transaction: they exist if and only if the order does.
         charge_card.enqueue(order.pk)
         fraud_check.enqueue(order.pk)
-        follow_up.using(delay=FOLLOW_UP_DELAY).enqueue(order.pk)
+        follow_up.using(delay=FOLLOW_UP_DELAY).enqueue(order.pk, self.customer.name)
         send_receipt.request(order.pk)
         return order.pk

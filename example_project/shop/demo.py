@@ -39,8 +39,8 @@ from klerk_django import CommandResult, handle
 from klerk_django.actions import wait_for_actions
 from klerk_django.models import Action, ActionStatus, Attempt, Job, JobStatus
 
-from .commands import PlaceOrder
-from .jobs import QUEUE
+from .commands import FOLLOW_UP_DELAY, PlaceOrder
+from .jobs import QUEUE, follow_up
 from .models import Customer, Order
 
 MANAGE_PY = Path(__file__).resolve().parent.parent / "manage.py"
@@ -249,6 +249,28 @@ def _seconds_until_due(pending: QuerySet[Job]) -> float:
     return min(max(seconds, 0.1), LONGEST_SLEEP_SECONDS)
 
 
+def _write_held_back(jobs: list[Job], write: Write) -> None:
+    """Print the follow-ups that waited for their customer's rate limit."""
+    # A held-back job's run_after moves to when its window has room.
+    held = [
+        job
+        for job in jobs
+        if job.name == follow_up.name
+        and job.run_after > job.created_at + FOLLOW_UP_DELAY
+    ]
+    if not held:
+        return
+    write("")
+    write("Follow-ups held back by the rate limit of one per customer")
+    for job in held:
+        waited = job.run_after - (job.created_at + FOLLOW_UP_DELAY)
+        customer = job.arguments["args"][1]
+        write(
+            f"  job {job.pk} ({customer}): held back until "
+            f"{waited.total_seconds():.1f} s after it was due"
+        )
+
+
 def report(placed: Placed, write: Write) -> Summary:
     """Print the jobs, actions and orders of this run; return the counts."""
     jobs = _in_start_order(list(Job.objects.filter(pk__in=placed.job_ids)))
@@ -261,6 +283,7 @@ def report(placed: Placed, write: Write) -> Summary:
 
     _write_jobs(jobs, write)
     _write_retries(jobs, write)
+    _write_held_back(jobs, write)
     _write_actions(actions, write)
     _write_orders(orders, write)
 

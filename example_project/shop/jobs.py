@@ -11,6 +11,7 @@ import logging
 from django.utils import timezone
 
 from klerk_django import current_job, job
+from klerk_django.limits import RateLimit
 
 from .models import Order
 
@@ -24,6 +25,7 @@ QUEUE = "shop"
 # so every run of the example shows a retry.
 SLOW_GATEWAY_FROM_CENTS = 50_00
 REVIEW_FROM_CENTS = 500_00
+FOLLOW_UP_EVERY_SECONDS = 4
 
 
 class GatewayTimeout(Exception):
@@ -56,12 +58,24 @@ def fraud_check(order_id: int) -> str:
     return "clear"
 
 
+def by_customer(order_id: int, customer: str) -> str:
+    """The rate limit key of a follow-up: each customer has their own."""
+    return customer
+
+
 # Unique: one pending follow-up per order, however often it is asked for.
-@job(name="shop.follow_up", queue=QUEUE, unique=True)
-def follow_up(order_id: int) -> str:
+# Rate-limited: at most one follow-up mail per customer in any 4 seconds (a
+# day, in a real shop); a customer's next one waits, ready, for its window.
+@job(
+    name="shop.follow_up",
+    queue=QUEUE,
+    unique=True,
+    rate_limit=RateLimit(1, per=FOLLOW_UP_EVERY_SECONDS, key=by_customer),
+)
+def follow_up(order_id: int, customer: str) -> str:
     """Record that the customer was asked how the order went."""
     updated = Order.objects.filter(pk=order_id, followed_up_at=None).update(
         followed_up_at=timezone.now()
     )
-    logger.info("order followed up order_id=%s", order_id)
+    logger.info("order followed up order_id=%s customer=%s", order_id, customer)
     return "asked" if updated else "already asked"

@@ -16,6 +16,7 @@ from klerk_django.exceptions import LimitError, SettingsError
 from klerk_django.jobs import registry
 from klerk_django.limits import ConcurrencyLimit, RateLimit
 from klerk_django.models import Attempt, Job, JobStatus, Limit, LimitStart
+from klerk_django.testing import run_jobs
 from tests.testapp.jobs import record
 from tests.testapp.limit_jobs import alone, odd, paired, rated, rated_wide
 from tests.workers import running_worker, start_worker, stop, wait_for
@@ -479,3 +480,14 @@ def test_queues_page_shows_each_queues_limits(admin_client, settings):
     assert "10 starts per 60 s, 2 running" in rows["mail"]
     assert "1 start per 0.5 s" in rows["sms"]
     assert "<td>-</td>" in rows["default"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_run_jobs_keeps_to_the_limits():
+    jobs = [rated.enqueue("acme", str(n)) for n in range(3)]
+
+    results = run_jobs()
+
+    assert [result.job_id for result in results] == [jobs[0].pk, jobs[1].pk]
+    held = Job.objects.get(pk=jobs[2].pk)
+    assert held.status == JobStatus.READY and held.attempts == 0

@@ -113,6 +113,7 @@ def test_run_example_shows_retried_scheduled_jobs_and_actions_twice():
         assert "rejected: unknown-shop" in output
         # north-bakery's two follow-ups: one per customer per window.
         assert "held back by the rate limit" in output
+        assert "shop.morning_summary: '0 6 * * *' in Europe/Berlin" in output
 
     assert Order.objects.count() == Receipt.objects.count() == 8
     assert set(Order.objects.values_list("status", flat=True)) == {"paid"}

@@ -9,7 +9,9 @@
 3. run ``manage.py klerk_worker --burst`` in a new process until none of
    this run's jobs is ready or running, sleeping until the next job is due
    in between, so that retries and the scheduled follow-ups run too;
-4. print every job and action of this run, then the counts.
+4. print every job and action of this run, then the counts;
+5. check the periodic schedules as a worker does, and print when the
+   shop's morning summary ticks next.
 
 Only this run's jobs are waited for and shown, so the example can run again
 and again on the same database.
@@ -37,7 +39,15 @@ from django.utils import timezone
 
 from klerk_django import CommandResult, handle
 from klerk_django.actions import wait_for_actions
-from klerk_django.models import Action, ActionStatus, Attempt, Job, JobStatus
+from klerk_django.models import (
+    Action,
+    ActionStatus,
+    Attempt,
+    Job,
+    JobStatus,
+    Schedule,
+)
+from klerk_django.schedules import check_schedules, declared
 
 from .commands import FOLLOW_UP_DELAY, PlaceOrder
 from .jobs import QUEUE, follow_up
@@ -100,7 +110,9 @@ def run(write: Write) -> Summary:
     run_workers(placed.job_ids, write)
     wait_for_actions()
 
-    return report(placed, write)
+    summary = report(placed, write)
+    show_schedules(write)
+    return summary
 
 
 def place_orders(write: Write) -> Placed:
@@ -308,6 +320,24 @@ def report(placed: Placed, write: Write) -> Summary:
         f"Orders rejected: {summary.rejected}."
     )
     return summary
+
+
+def show_schedules(write: Write) -> None:
+    """Check the schedules as a worker does; print each one's next tick."""
+    check_schedules()
+    rows = Schedule.objects.in_bulk([schedule.name for schedule in declared()])
+    write("")
+    write("Periodic schedules")
+    for schedule in declared():
+        upcoming = rows[schedule.name].next_tick_at
+        when = "-"
+        if upcoming is not None:
+            local = timezone.localtime(upcoming, schedule.zone)
+            when = f"{local:%Y-%m-%d %H:%M %Z} ({upcoming:%H:%M} UTC)"
+        write(
+            f"  {schedule.name}: '{schedule.cron}' in {schedule.time_zone} "
+            f"enqueues {schedule.job}, next tick {when}"
+        )
 
 
 def _in_start_order(jobs: list[Job]) -> list[Job]:

@@ -7,10 +7,12 @@ each one checks the order's state before it changes it.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
+from django.db.models import Count, Sum
 from django.utils import timezone
 
-from klerk_django import current_job, job
+from klerk_django import current_job, job, periodic
 from klerk_django.limits import RateLimit
 
 from .models import Order
@@ -20,6 +22,10 @@ logger = logging.getLogger(__name__)
 # The shop's workers serve this queue only; other apps' jobs in the same
 # database are left to their own workers.
 QUEUE = "shop"
+
+# The shop keeps its books in Berlin: the summary comes at 06:00 there,
+# in winter (05:00 UTC) and in summer (04:00 UTC) alike.
+SUMMARY_TIME_ZONE = "Europe/Berlin"
 
 # The pretend payment gateway times out on the first try for large amounts,
 # so every run of the example shows a retry.
@@ -79,3 +85,16 @@ def follow_up(order_id: int, customer: str) -> str:
     )
     logger.info("order followed up order_id=%s customer=%s", order_id, customer)
     return "asked" if updated else "already asked"
+
+
+@periodic("0 6 * * *", timezone=SUMMARY_TIME_ZONE, name="shop.morning_summary")
+@job(name="shop.daily_summary", queue=QUEUE)
+def daily_summary() -> str:
+    """Sum up the orders placed in the last 24 hours."""
+    since = timezone.now() - timedelta(days=1)
+    orders = Order.objects.filter(created_at__gte=since)
+    totals = orders.aggregate(count=Count("pk"), cents=Sum("amount_cents"))
+    logger.info(
+        "daily summary orders=%s amount_cents=%s", totals["count"], totals["cents"]
+    )
+    return f"{totals['count']} orders, {(totals['cents'] or 0) / 100:.2f}"

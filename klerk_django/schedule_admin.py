@@ -34,8 +34,17 @@ class ScheduleAdmin(admin.ModelAdmin):
         "updated_at",
     ]
     search_fields = ["name"]
-    fields = list_display
-    readonly_fields = list_display
+    fields = [
+        "name",
+        "cron",
+        "time_zone",
+        "job",
+        "last_tick_at",
+        "next_tick_at",
+        "updated_at",
+    ]
+    # Plain names: the type the admin declares for read-only fields.
+    readonly_fields = list(map(str, fields))
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Schedule]:
         return super().get_queryset(request).using(database.alias())

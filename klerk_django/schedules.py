@@ -377,7 +377,7 @@ def _enqueue_tick(
             )
         return None
 
-    _log_missed(schedule, _aware(state.next_tick_at), tick)
+    _log_missed(schedule, _aware(state.next_tick_at or tick), tick)
     logger.info(
         "schedule ticked schedule=%s tick=%s job_id=%s job=%s",
         schedule.name,

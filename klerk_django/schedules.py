@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from . import arguments, cron, database
 from .conf import settings
-from .exceptions import KlerkError, ScheduleError, SettingsError
+from .exceptions import CronError, KlerkError, ScheduleError, SettingsError
 from .jobs import JobFunction, get_job_function
 from .models import Job, Schedule
 from .registry import MAX_NAME_LENGTH
@@ -293,7 +293,13 @@ def check_schedules(now: datetime | None = None) -> list[Job]:
 
     enqueued = []
     for schedule in schedules:
-        job = _check_one(db, schedule, states[schedule.name], now)
+        try:
+            job = _check_one(db, schedule, states[schedule.name], now)
+        except CronError as error:
+            logger.error(
+                "schedule not checked schedule=%s error=%s", schedule.name, error
+            )
+            continue
         if job is not None:
             enqueued.append(job)
     return enqueued

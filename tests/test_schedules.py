@@ -546,3 +546,20 @@ def test_the_admin_lists_schedules_read_only(admin_client, declare):
     assert admin_client.get(page).status_code == 200
     assert refused.status_code == 403
     assert Schedule.objects.filter(name=NAME).exists()
+
+
+@pytest.mark.django_db
+def test_a_schedule_without_a_next_tick_is_logged_and_the_others_go_on(declare, caplog):
+    # No new year comes after 9999.
+    declare("@yearly", name="tests.rare")
+    declare("* * * * *")
+    check_schedules(now=utc(9999, 12, 31, 23, 50))
+
+    with caplog.at_level(logging.ERROR, logger="klerk_django.schedules"):
+        (enqueued,) = check_schedules(now=utc(9999, 12, 31, 23, 51, 30))
+
+    assert enqueued.unique_key.startswith(f"schedule:{NAME}:")
+    assert any(
+        "schedule not checked schedule=tests.rare" in record.getMessage()
+        for record in caplog.records
+    )

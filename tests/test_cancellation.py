@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 import pytest
+from django.utils import timezone
 
-from klerk_django import cancel_jobs
+from klerk_django import (
+    attempts,
+    cancel_jobs,
+    cancel_requested,
+    leases,
+    raise_if_cancelled,
+    retry_jobs,
+)
+from klerk_django.cancellation import Stop
 from klerk_django.models import Attempt, Job, JobStatus
-from tests.testapp.jobs import record
+from tests.test_admin import staff, texts, url
+from tests.testapp.jobs import fail, record
 from tests.testapp.models import Run
 from tests.testapp.stop_jobs import cooperative, in_process, stubborn
 from tests.workers import running_worker, wait_for
@@ -134,3 +145,117 @@ def _alive(pid: int) -> bool:
             return stat.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_admin_cancel_button_asks_a_running_job_to_stop():
+    job = cooperative.enqueue("from the admin")
+    operator = staff("view_job", "cancel_job")
+    with running_worker(settings=FAST):
+        wait_for(lambda: started("cooperative", "from the admin"))
+
+        response = operator.post(url(Job, "cancel", job.pk))
+
+        assert texts(response) == [
+            "Cancelled 1 job. Running jobs were asked to stop; they end "
+            "cancelled once their worker sees the request."
+        ]
+        wait_for(lambda: status(job) == JobStatus.CANCELLED)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_admin_cancel_action_asks_running_jobs_to_stop():
+    job = cooperative.enqueue("selected")
+    operator = staff("view_job", "cancel_job")
+    data = {"action": "cancel_selected", "index": "0", "_selected_action": [job.pk]}
+    with running_worker(settings=FAST):
+        wait_for(lambda: started("cooperative", "selected"))
+
+        operator.post(url(Job, "changelist"), data)
+
+        wait_for(lambda: status(job) == JobStatus.CANCELLED)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_admin_cancel_without_the_permission_leaves_a_running_job_alone():
+    job = cooperative.enqueue("not allowed")
+    viewer_only = staff("view_job")
+    with running_worker(settings=FAST):
+        wait_for(lambda: started("cooperative", "not allowed"))
+
+        response = viewer_only.post(url(Job, "cancel", job.pk))
+
+        assert response.status_code == 403
+        left = Job.objects.get(pk=job.pk)
+        assert (left.status, left.cancel_requested_at) == ("running", None)
+        cancel_jobs([job.pk])
+        wait_for(lambda: status(job) == JobStatus.CANCELLED)
+
+
+@pytest.mark.django_db
+def test_retry_of_a_cancelled_job_forgets_the_old_request():
+    job = cooperative.enqueue("again")
+    Job.objects.filter(pk=job.pk).update(status="running", attempts=1)
+    cancel_jobs([job.pk])
+    Job.objects.filter(pk=job.pk).update(status="cancelled")
+
+    assert retry_jobs([job.pk]) == 1
+
+    again = Job.objects.get(pk=job.pk)
+    assert (again.status, again.cancel_requested_at) == ("ready", None)
+
+
+def claim_one(worker: uuid.UUID) -> leases.ClaimedJob:
+    (claimed,) = leases.claim(worker, None, 1)
+    return claimed
+
+
+@pytest.mark.django_db
+def test_failing_attempt_of_a_job_asked_to_stop_is_not_retried():
+    job = fail.enqueue("asked")
+    worker = uuid.uuid4()
+    claimed = claim_one(worker)
+    cancel_jobs([job.pk])
+
+    # The heartbeat never came: the request is found when the outcome is
+    # written.
+    assert attempts.run(claimed, worker) == JobStatus.CANCELLED
+
+    ended = Job.objects.get(pk=job.pk)
+    assert (ended.status, ended.active_unique_key) == ("cancelled", None)
+    assert attempts_of(job) == [
+        (1, "failed", "RuntimeError: failing on purpose: asked")
+    ]
+
+
+@pytest.mark.django_db
+def test_lost_attempt_of_a_job_asked_to_stop_ends_cancelled():
+    job = fail.enqueue("lost")
+    claim_one(uuid.uuid4())
+    cancel_jobs([job.pk])
+    Job.objects.filter(pk=job.pk).update(lease_expires_at=timezone.now())
+
+    assert leases.recover_expired() == 1
+
+    assert status(job) == JobStatus.CANCELLED
+    assert Attempt.objects.get(job_id=job.pk).outcome == "interrupted"
+
+
+@pytest.mark.django_db
+def test_cancelled_attempt_whose_lease_was_taken_over_records_nothing():
+    job = cooperative.enqueue("stale")
+    worker = uuid.uuid4()
+    claimed = claim_one(worker)
+    Job.objects.filter(pk=job.pk).update(worker_id=uuid.uuid4())
+    stop = Stop()
+    stop.cancel()
+
+    assert attempts.run(claimed, worker, stop=stop) == ""
+
+    assert status(job) == JobStatus.RUNNING
+    assert not Attempt.objects.exists()
+
+
+def test_outside_a_job_nothing_is_ever_cancelled():
+    assert cancel_requested() is False
+    raise_if_cancelled()

@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -563,3 +564,32 @@ def test_a_schedule_without_a_next_tick_is_logged_and_the_others_go_on(declare, 
         "schedule not checked schedule=tests.rare" in record.getMessage()
         for record in caplog.records
     )
+
+
+def test_the_checker_returns_at_once_and_survives_a_failed_check(monkeypatch):
+    release = threading.Event()
+    calls: list[int] = []
+
+    def check(now=None):
+        calls.append(len(calls))
+        if len(calls) == 1:
+            release.wait(60)
+        if len(calls) == 2:
+            raise RuntimeError("a check that fails")
+        return []
+
+    monkeypatch.setattr(schedules, "check_schedules", check)
+    checker = schedules.Checker(every_seconds=0.001)
+
+    checker.poke()
+    wait_for(lambda: calls == [0])
+    thread = checker.thread
+    checker.next_at = 0.0
+    checker.poke()  # the first check still runs: this one only marks it due
+    release.set()
+    wait_for(lambda: calls == [0, 1])
+    checker.next_at = 0.0
+    checker.poke()
+
+    wait_for(lambda: calls == [0, 1, 2])
+    assert checker.thread is thread and thread.is_alive()

@@ -115,14 +115,16 @@ def run(
     worker_id: uuid.UUID,
     on_ended: Callable[[], None] | None = None,
     stop: Stop | None = None,
+    spawn: bool = True,
 ) -> str:
     """Run one attempt of ``claimed`` and record it; return the job's status.
 
     ``on_ended`` is called when the job function has returned or raised,
     before the outcome is written. ``stop`` is the flag the worker sets to
-    cancel the attempt. Returns an empty string when the outcome could not
-    be recorded, because the lease was lost or the database stayed
-    unreachable.
+    cancel the attempt. ``spawn=False`` runs a job declared with
+    ``process=True`` on this thread too. Returns an empty string when the
+    outcome could not be recorded, because the lease was lost or the
+    database stayed unreachable.
     """
     stop = stop or Stop()
     context = JobContext(
@@ -134,7 +136,7 @@ def run(
     outcome: _Failure | None = None
     result: Any = None
     try:
-        result = _call(claimed, context, stop)
+        result = _call(claimed, context, stop, spawn)
     except BaseException as exc:  # SystemExit from a job is its failure too
         outcome = _Failure(exc, traceback.format_exc())
     finally:
@@ -154,11 +156,11 @@ def run(
     return status or ""
 
 
-def _call(claimed: ClaimedJob, context: JobContext, stop: Stop) -> Any:
+def _call(claimed: ClaimedJob, context: JobContext, stop: Stop, spawn: bool) -> Any:
     """Run the job's code here, or in a child process if it asks for one."""
     function = get_job_function(claimed.name)
     seconds = claimed.timeout_seconds
-    if function.options.process:
+    if function.options.process and spawn:
         return job_processes.call(context, claimed.arguments, seconds, stop)
 
     args, kwargs = arguments.unpack(claimed.arguments)

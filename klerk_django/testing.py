@@ -29,7 +29,8 @@ def run_jobs(
 
     Each job runs once per round; a failed job whose retry is due at once
     runs again in the next round. Jobs scheduled for later, and jobs of
-    paused queues, are left ready. Raises RuntimeError if jobs are still
+    paused queues, are left ready. Jobs declared with ``process=True`` run
+    in this process too. Raises RuntimeError if jobs are still
     ready after ``max_rounds`` rounds.
     """
     worker_id = uuid.uuid4()
@@ -39,7 +40,9 @@ def run_jobs(
         if not claimed:
             return [get_result(job_id) for job_id in dict.fromkeys(ran)]
         for job in claimed:
-            attempts.run(job, worker_id)
+            # A child process would not see the test's database or its
+            # uncommitted rows: process jobs run here like the others.
+            attempts.run(job, worker_id, spawn=False)
             ran.append(job.id)
     raise RuntimeError(
         f"Jobs were still ready after {max_rounds} rounds of run_jobs(); "

@@ -79,29 +79,45 @@ def claim(
 
     Runs in its own short transaction (autocommit for the single-statement
     forms). Raises the database's errors. Jobs under a rate or concurrency
-    limit are offered the free slots first, by ``limits.claim``; the
-    single statement then fills the rest with jobs under no limit. With no
-    limit configured anywhere, that statement is the whole claim.
+    limit are offered the free slots first, by ``limits.claim``, unless
+    this worker found none to start within the poll interval; the single
+    statement then fills the rest with jobs under no limit. With no limit
+    configured anywhere, that statement is the whole claim.
     """
     if limit < 1:
         return []
-    conn = database.connection()
     lease_seconds = float(lease_seconds or settings.LEASE_SECONDS)
     plan = limits.current_plan()
+    first = bool(plan) and limits.due(worker_id)
     rows: list[tuple[Any, ...]] = []
-    if plan:
+    if first:
         rows = limits.claim(worker_id, queues, limit, lease_seconds, plan, RETURNED)
-    excluded = (sorted(plan.functions), sorted(plan.queues))
-    free = limit - len(rows)
 
-    if free > 0 and conn.vendor in ("postgresql", "sqlite"):
-        rows += _claim_returning(conn, worker_id, queues, free, lease_seconds, excluded)
-    elif free > 0:
-        rows += _claim_locking(conn, worker_id, queues, free, lease_seconds, excluded)
+    rows += _claim_unlimited(worker_id, queues, limit - len(rows), lease_seconds, plan)
+    if plan and not first and len(rows) < limit:
+        # No other job wants the slots left: limited jobs may have them.
+        free = limit - len(rows)
+        rows += limits.claim(worker_id, queues, free, lease_seconds, plan, RETURNED)
 
     claimed = [_claimed(row) for row in rows]
     claimed.sort(key=lambda job: job.id)
     return claimed
+
+
+def _claim_unlimited(
+    worker_id: uuid.UUID,
+    queues: Sequence[str] | None,
+    free: int,
+    lease_seconds: float,
+    plan: limits.Plan,
+) -> list[tuple[Any, ...]]:
+    if free < 1:
+        return []
+    conn = database.connection()
+    excluded = (sorted(plan.functions), sorted(plan.queues))
+    if conn.vendor in ("postgresql", "sqlite"):
+        return _claim_returning(conn, worker_id, queues, free, lease_seconds, excluded)
+    return _claim_locking(conn, worker_id, queues, free, lease_seconds, excluded)
 
 
 CLAIM_SQL = """

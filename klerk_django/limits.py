@@ -394,6 +394,7 @@ def claim(
     candidates = _candidates(plan, queues, free)
     if not candidates:
         _prune_now_and_then(plan)
+        _rest(worker_id, [])
         return []
 
     keys = sorted({bound.key for c in candidates for bound in c.bounds})
@@ -409,7 +410,30 @@ def claim(
             # a new row while waiting for another: lock order stays sorted.
             _create_rows(missing.keys)
     _prune_now_and_then(plan)
+    _rest(worker_id, rows)
     return rows
+
+
+# Worker id -> monotonic time until which its claims put jobs under no
+# limit first. Looking for limited jobs reads the ready jobs without an
+# index for them; a worker busy with other jobs looks once per poll
+# interval, not at every claim.
+_quiet_until: dict[uuid.UUID, float] = {}
+MAX_QUIET_WORKERS = 1000
+
+
+def due(worker_id: uuid.UUID) -> bool:
+    """Return whether ``worker_id`` should look for limited jobs first."""
+    return time.monotonic() >= _quiet_until.get(worker_id, 0.0)
+
+
+def _rest(worker_id: uuid.UUID, started: list[tuple[Any, ...]]) -> None:
+    if started:
+        _quiet_until.pop(worker_id, None)
+        return
+    if len(_quiet_until) >= MAX_QUIET_WORKERS:
+        _quiet_until.clear()
+    _quiet_until[worker_id] = time.monotonic() + float(settings.POLL_SECONDS)
 
 
 def _candidates(plan: Plan, queues: Sequence[str] | None, free: int) -> list[Candidate]:

@@ -279,6 +279,22 @@ def test_limited_jobs_get_free_slots_before_other_jobs():
 
 
 @pytest.mark.django_db(transaction=True)
+def test_busy_worker_that_found_no_limited_job_looks_again_after_its_poll(
+    settings,
+):
+    settings.KLERK_POLL_SECONDS = 60
+    worker = uuid.uuid4()
+    assert claim(worker=worker) == []
+    plain = [record.enqueue(str(n)) for n in range(3)]
+    limited = rated_wide.enqueue("waiting")
+
+    # Other jobs fill every slot: limited ones wait for the poll interval.
+    assert sorted(c.id for c in claim(2, worker)) == [plain[0].pk, plain[1].pk]
+    # Slots left over go to limited jobs at once.
+    assert sorted(c.id for c in claim(3, worker)) == [plain[2].pk, limited.pk]
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_missing_lock_row_is_created():
     rated.enqueue("acme", "a")
     Limit.objects.all().delete()

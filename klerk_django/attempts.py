@@ -165,7 +165,7 @@ def _call(claimed: ClaimedJob, context: JobContext, stop: Stop, spawn: bool) -> 
 
     args, kwargs = arguments.unpack(claimed.arguments)
     is_async = inspect.iscoroutinefunction(function.target)
-    with timeouts.limit(seconds, stop, is_async):
+    with timeouts.limit(seconds, stop, is_async, claimed.id):
         return calling.call(function.target, args, kwargs, seconds, stop.time_out)
 
 

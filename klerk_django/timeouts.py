@@ -41,8 +41,11 @@ class ThreadLimit:
     delivered is withdrawn, so it cannot strike the worker's own code.
     """
 
-    def __init__(self, seconds: float, stop: Stop, grace: float = 0.0) -> None:
+    def __init__(
+        self, seconds: float, stop: Stop, grace: float = 0.0, job_id: int = 0
+    ) -> None:
         self.seconds = seconds
+        self.job_id = job_id
         self.stop = stop
         self.grace = grace
         self.thread_id = 0
@@ -75,19 +78,20 @@ class ThreadLimit:
             self.raised = True
             _raise_in(self.thread_id, JobTimeout)
         logger.warning(
-            "attempt past its time limit, stopping its thread timeout_s=%s",
+            "attempt past its time limit, stopping its thread job_id=%s timeout_s=%s",
+            self.job_id,
             self.seconds,
         )
 
 
 def limit(
-    seconds: float | None, stop: Stop, is_async: bool = False
+    seconds: float | None, stop: Stop, is_async: bool = False, job_id: int = 0
 ) -> contextlib.AbstractContextManager[object]:
     """Return the limit for an attempt on this thread; none if no timeout."""
     if seconds is None:
         return contextlib.nullcontext()
     grace = ASYNC_GRACE_SECONDS if is_async else 0.0
-    return ThreadLimit(seconds, stop, grace)
+    return ThreadLimit(seconds, stop, grace, job_id)
 
 
 def _raise_in(thread_id: int, exc: type[BaseException] | None) -> None:

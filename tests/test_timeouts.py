@@ -15,6 +15,7 @@ from tests.testapp.jobs import record
 from tests.testapp.models import Run
 from tests.testapp.stop_jobs import (
     async_sleeper,
+    blocked,
     busy,
     in_process,
     sleeper,
@@ -142,3 +143,31 @@ def test_run_jobs_runs_a_process_job_in_the_test_process():
     assert result.job_id == job.pk
     assert result.result == {"key": "here", "pid": os.getpid()}
     assert result.progress == {"pid": os.getpid()}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_thread_job_blocked_in_c_is_recorded_only_once_its_code_stopped(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    log = tmp_path / "worker.log"
+    job = blocked.enqueue("blocked", str(fifo))
+    with running_worker(settings=FAST, log=log):
+        wait_for(lambda: "past its time limit" in log.read_text())
+        held = Job.objects.get(pk=job.pk)
+        assert held.status == JobStatus.RUNNING
+        assert not Attempt.objects.filter(job_id=job.pk).exists()
+        # The lease is still renewed while the thread is stuck in C.
+        wait_for(lambda: _lease_of(job) > held.lease_expires_at)
+
+        # The job waits in open(); opening the writing end lets it return.
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        wait_for(lambda: status(job) == JobStatus.FAILED)
+
+    assert errors(job) == [
+        (1, "failed", "JobTimeout: attempt 1 ran past its 1 s time limit")
+    ]
+    assert runs("blocked-end", "blocked") == 0
+
+
+def _lease_of(job: Job) -> object:
+    return Job.objects.get(pk=job.pk).lease_expires_at

@@ -87,3 +87,13 @@ def swallower(key: str) -> str:
         except Exception:
             _mark("swallowed", key)
     return "ran to the end"
+
+
+@job(name="tests.blocked", max_attempts=1, timeout=1)
+def blocked(key: str, fifo: str) -> str:
+    """Block in C, opening a FIFO, until the test opens its other end."""
+    _mark("blocked", key)
+    with open(fifo, "rb") as pipe:
+        pipe.read()
+    _mark("blocked-end", key)
+    return "unblocked"

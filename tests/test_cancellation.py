@@ -22,7 +22,7 @@ from tests.test_admin import staff, texts, url
 from tests.testapp.jobs import fail, record
 from tests.testapp.models import Run
 from tests.testapp.stop_jobs import cooperative, in_process, stubborn
-from tests.workers import running_worker, wait_for
+from tests.workers import running_worker, start_worker, stop, wait_for
 
 # Frequent heartbeats, so that a worker sees a request within a second.
 FAST = {
@@ -259,3 +259,21 @@ def test_cancelled_attempt_whose_lease_was_taken_over_records_nothing():
 def test_outside_a_job_nothing_is_ever_cancelled():
     assert cancel_requested() is False
     raise_if_cancelled()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_stopping_past_its_grace_hands_back_a_child_process_job():
+    job = stubborn.enqueue("handed back")
+    worker = start_worker("--grace-seconds", "1", settings=FAST)
+    try:
+        (pid,) = wait_for(lambda: started("stubborn", "handed back"))
+
+        assert stop(worker) == 0
+
+        wait_for(lambda: not _alive(pid))
+        assert status(job) == JobStatus.READY
+        (attempt,) = Attempt.objects.filter(job_id=job.pk)
+        assert attempt.outcome == "interrupted"
+    finally:
+        stop(worker)
+        cancel_jobs([job.pk])

@@ -14,12 +14,12 @@ from django.utils import timezone
 from django.utils.html import escape
 
 from klerk_django.admin import is_alive
-from klerk_django.models import Action, Attempt, CommandRecord, Job, Worker
+from klerk_django.models import Action, Attempt, CommandRecord, Job, Schedule, Worker
 from tests.testapp.jobs import record
 
 pytestmark = pytest.mark.django_db
 
-KLERK_MODELS = [Job, Attempt, Action, CommandRecord, Worker]
+KLERK_MODELS = [Job, Attempt, Action, CommandRecord, Worker, Schedule]
 MANY = 20_000
 
 
@@ -99,6 +99,7 @@ def world():
         "action": [action],
         "commandrecord": [command],
         "worker": [worker],
+        "schedule": [Schedule.objects.create(name="tests.nightly")],
     }
 
 
@@ -135,6 +136,8 @@ def _add_rows(model, world, count):
             Action.objects.create(name="tests.note_action", command_id=job.command_id)
         elif model is CommandRecord:
             CommandRecord.objects.create(name=f"c{index}", outcome="succeeded")
+        elif model is Schedule:
+            Schedule.objects.create(name=f"tests.s{index}")
         else:
             Worker.objects.create(name=f"w{index}", hostname="h", pid=index)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -153,12 +154,8 @@ def test_a_day_field_with_a_star_restricts_with_the_other():
 def test_previous_tick_is_the_last_at_or_before_the_moment():
     parsed = cron.parse("*/15 * * * *")
 
-    assert parsed.previous_tick(utc(2026, 4, 1, 10, 14, 59), UTC) == utc(
-        2026, 4, 1, 10
-    )
-    assert parsed.previous_tick(utc(2026, 4, 1, 10, 15), UTC) == utc(
-        2026, 4, 1, 10, 15
-    )
+    assert parsed.previous_tick(utc(2026, 4, 1, 10, 14, 59), UTC) == utc(2026, 4, 1, 10)
+    assert parsed.previous_tick(utc(2026, 4, 1, 10, 15), UTC) == utc(2026, 4, 1, 10, 15)
 
 
 # Windows around the changes of 2026 in Berlin and New York.
@@ -209,7 +206,7 @@ def test_a_daily_six_oclock_stays_at_six_local_across_both_changes(
         found = ticks("0 6 * * *", start, zone, 4)
 
         assert [moment.astimezone(zone).hour for moment in found] == [6] * 4
-        gaps = {later - earlier for earlier, later in zip(found, found[1:])}
+        gaps = {later - earlier for earlier, later in pairwise(found)}
         # One of the days is 23 or 25 hours long.
         assert timedelta(hours=24) in gaps and len(gaps) == 2
 
@@ -273,9 +270,7 @@ def test_previous_tick_in_the_second_pass_of_the_repeated_hour():
     latest = parsed.previous_tick(second_pass, BERLIN)
 
     assert local([latest], BERLIN) == ["10-25 02:40 CEST"]
-    assert local([parsed.next_tick(second_pass, BERLIN)], BERLIN) == [
-        "10-25 03:00 CET"
-    ]
+    assert local([parsed.next_tick(second_pass, BERLIN)], BERLIN) == ["10-25 03:00 CET"]
 
 
 def test_ticks_in_utc_know_no_changes():

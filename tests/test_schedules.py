@@ -102,6 +102,17 @@ def test_periodic_names_the_schedule_after_its_job_by_default():
     assert [schedule.name for schedule in schedules.declared()] == ["tests.noop"]
 
 
+def test_two_schedules_may_enqueue_one_job():
+    periodic("0 3 * * sun", name="tests.weekly", kwargs={"full": True})(
+        periodic("*/15 8-18 * * mon-fri", name="tests.often")(noop)
+    )
+
+    declared = {schedule.name: schedule for schedule in schedules.declared()}
+    assert sorted(declared) == ["tests.often", "tests.weekly"]
+    assert {schedule.job for schedule in declared.values()} == {"tests.noop"}
+    assert declared["tests.weekly"].kwargs == {"full": True}
+
+
 def test_periodic_below_job_is_refused():
     with pytest.raises(ScheduleError, match="must be declared above @job"):
 

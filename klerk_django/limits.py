@@ -166,7 +166,7 @@ def job_keys(
 ) -> tuple[str | None, str | None]:
     """Return a new job's rate and concurrency keys, or raise LimitError.
 
-    The key callables get the arguments as the worker will pass them.
+    The key callables get the arguments given to enqueue, once checked.
     """
     rate_key = concurrency_key = None
     if rate_limit is not None and rate_limit.key is not None:

@@ -577,10 +577,17 @@ def _create_rows(keys: list[str]) -> None:
 
 
 def _still_ready(ids: list[int], now: datetime) -> set[int]:
-    # Another worker may have started or someone cancelled a candidate
-    # since it was read without locks.
-    ready = Job.objects.using(database.alias()).filter(
-        pk__in=ids, status=JobStatus.READY, run_after__lte=now
+    """Lock the candidates that are still ready and due; return their ids.
+
+    Another worker may have started one, or someone cancelled one, since
+    they were read without locks. Rows another transaction holds (a
+    cancellation, say) are skipped rather than waited for, so that no
+    lock on a job is ever waited for while holding limit rows.
+    """
+    ready = (
+        Job.objects.using(database.alias())
+        .filter(pk__in=ids, status=JobStatus.READY, run_after__lte=now)
+        .select_for_update(skip_locked=True)
     )
     return set(ready.values_list("pk", flat=True))
 

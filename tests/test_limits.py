@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import timedelta
 
 import pytest
 from django.core.checks import run_checks
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
@@ -507,3 +508,55 @@ def test_run_jobs_keeps_to_the_limits():
     assert [result.job_id for result in results] == [jobs[0].pk, jobs[1].pk]
     held = Job.objects.get(pk=jobs[2].pk)
     assert held.status == JobStatus.READY and held.attempts == 0
+
+
+def _claim_while_another_transaction_holds(job: Job) -> list[leases.ClaimedJob]:
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                Job.objects.select_for_update().get(pk=job.pk)
+                locked.set()
+                release.wait(60)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(60)
+        # Fail instead of hanging if the claim waits for the held row.
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("SET lock_timeout = '5s'")
+            else:
+                cursor.execute("SET SESSION innodb_lock_wait_timeout = 5")
+        return claim()
+    finally:
+        release.set()
+        holder.join(60)
+
+
+@pytest.mark.postgresql
+@pytest.mark.django_db(transaction=True)
+def test_claim_skips_a_limited_job_another_transaction_holds():
+    held = rated.enqueue("acme", "held")
+    free = rated.enqueue("globex", "free")
+
+    claimed = _claim_while_another_transaction_holds(held)
+
+    assert [c.id for c in claimed] == [free.pk]
+    assert Job.objects.get(pk=held.pk).attempts == 0
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_claim_skips_a_limited_job_another_transaction_holds_on_mariadb():
+    held = rated.enqueue("acme", "held")
+    free = rated.enqueue("globex", "free")
+
+    claimed = _claim_while_another_transaction_holds(held)
+
+    assert [c.id for c in claimed] == [free.pk]
+    assert Job.objects.get(pk=held.pk).attempts == 0

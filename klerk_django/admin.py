@@ -399,6 +399,7 @@ class JobAdmin(RecordColumns, KlerkAdmin):
             {"fields": ["arguments_json", "result_json", "last_error_text"]},
         ),
         ("Backoff", {"fields": ["backoff_base_seconds", "backoff_max_seconds"]}),
+        ("Stopping", {"fields": ["timeout_seconds", "cancel_requested_at"]}),
     ]
     readonly_fields = [
         "id",

@@ -277,3 +277,15 @@ def test_worker_stopping_past_its_grace_hands_back_a_child_process_job():
     finally:
         stop(worker)
         cancel_jobs([job.pk])
+
+
+@pytest.mark.django_db
+def test_job_page_shows_the_time_limit_and_the_cancel_request():
+    job = cooperative.using(timeout=42).enqueue("shown")
+    Job.objects.filter(pk=job.pk).update(status="running", attempts=1)
+    cancel_jobs([job.pk])
+
+    content = staff("view_job").get(url(Job, "change", job.pk)).content.decode()
+
+    assert "Timeout seconds" in content and "42.0" in content
+    assert "Cancel requested at" in content

@@ -65,7 +65,7 @@ STATUSES = {
     JobStatus.RUNNING: TaskResultStatus.RUNNING,
     JobStatus.SUCCEEDED: TaskResultStatus.SUCCESSFUL,
     JobStatus.FAILED: TaskResultStatus.FAILED,
-    # Django has no cancelled state; a cancelled task was unable to start.
+    # Django has no cancelled state; a cancelled task did not run to its end.
     JobStatus.CANCELLED: TaskResultStatus.FAILED,
 }
 
@@ -77,8 +77,8 @@ class JobFailure(KlerkError):
     """A task failure that no exception of the task caused.
 
     Its path stands in ``TaskResult.errors`` for an attempt cut short by a
-    lost or stopped worker, an outcome the database refused, and a job
-    cancelled before it ran; the error's traceback holds the explanation.
+    lost or stopped worker, an outcome the database refused, and a
+    cancelled job; the error's traceback holds the explanation.
     """
 
 

@@ -18,8 +18,10 @@ has room, so it stops hiding other keys' jobs; its attempts are unchanged.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
+import re
 import time
 import uuid
 from collections import defaultdict
@@ -29,7 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Count, F, Min, Q
+from django.db.models import CharField, Count, F, Func, Min, Q
 
 from . import arguments, database
 from .conf import settings
@@ -45,6 +47,8 @@ MAX_PERIOD_SECONDS = 7 * 24 * 3600.0
 MAX_KEY_LENGTH = 200
 # The key column of klerk_limit and klerk_limit_start.
 MAX_LIMIT_KEY_LENGTH = 300
+# A name or key that stands in a lock key as it is.
+PLAIN_PART = re.compile(r"^[a-z0-9_.-]+\Z")
 # Limited jobs looked at per free slot: some may be over their limits.
 CANDIDATES_PER_SLOT = 4
 MIN_CANDIDATES = 10
@@ -338,14 +342,21 @@ class Plan:
 
 
 def limit_key(kind: str, name: str, own: str | None = None) -> str:
-    """Return the ``klerk_limit`` key of a limit, at most 300 characters."""
-    key = f"{kind}:{name}" if own is None else f"{kind}:{name}:{own}"
-    if len(key) <= MAX_LIMIT_KEY_LENGTH:
+    """Return the ``klerk_limit`` key of a limit, at most 300 characters.
+
+    Names and keys of lowercase letters, digits and ``_ . -`` are kept as
+    they are. Any other is followed by a digest of the exact values: a
+    colon in a name must not make two limits one, nor may a collation that
+    ignores case, accents or trailing spaces (MariaDB's default).
+    """
+    parts = [kind, name] if own is None else [kind, name, own]
+    key = ":".join(parts)
+    if all(PLAIN_PART.match(part) for part in parts[1:]) and (
+        len(key) <= MAX_LIMIT_KEY_LENGTH
+    ):
         return key
-    # Names and keys of 200 characters each do not fit: keep a readable
-    # start and make the rest a digest.
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    return f"{key[: MAX_LIMIT_KEY_LENGTH - 65]}#{digest}"
+    digest = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+    return f"{key[: MAX_LIMIT_KEY_LENGTH - len(digest) - 1]}#{digest}"
 
 
 def current_plan() -> Plan:
@@ -450,7 +461,7 @@ def _candidates(plan: Plan, queues: Sequence[str] | None, free: int) -> list[Can
     if plan.has_concurrency:
         full = _full_concurrency(plan)
         if full is not None:
-            ready = ready.exclude(full)
+            ready = ready.alias(**_exact_columns()).exclude(full)
 
     wanted = max(free * CANDIDATES_PER_SLOT, MIN_CANDIDATES)
     rows = ready.order_by("-priority", "run_after", "id").values_list(
@@ -489,23 +500,45 @@ class Running:
 
 
 def _running(plan: Plan, now: Any) -> dict[str, Running]:
-    """Count the running jobs with a live lease under each concurrency key."""
+    """Count the running jobs with a live lease under each concurrency key.
+
+    Counted here rather than grouped by the database, whose collation may
+    take two keys for one; there are never more rows than workers' slots.
+    """
     names = [n for n, limits in plan.functions.items() if limits.concurrency]
     queues = [q for q, limits in plan.queues.items() if limits.concurrency]
-    groups = (
+    rows = (
         Job.objects.using(database.alias())
         .filter(Q(name__in=names) | Q(queue__in=queues))
         .filter(status=JobStatus.RUNNING, lease_expires_at__gt=now)
         .values_list("name", "queue", "concurrency_key")
-        .annotate(count=Count("id"))
-        .order_by()
     )
     running: dict[str, Running] = {}
-    for name, queue, own, count in groups:
+    for name, queue, own in rows:
         for key, limit, condition in _running_keys(plan, name, queue, own):
             entry = running.setdefault(key, Running(0, limit, condition))
-            entry.count += count
+            entry.count += 1
     return running
+
+
+class Exact(Func):
+    """A text column compared byte for byte, whatever its collation."""
+
+    template = "%(expressions)s"
+    output_field = CharField()
+
+    def as_mysql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        template = "CAST(%(expressions)s AS BINARY)"
+        return self.as_sql(compiler, connection, template=template, **extra)
+
+
+# Names of the exact columns in the candidates' query, for the conditions.
+EXACT_COLUMNS = {"name": "exact_name", "queue": "exact_queue"}
+
+
+def _exact_columns() -> dict[str, Exact]:
+    columns = {"concurrency_key": "exact_concurrency_key", **EXACT_COLUMNS}
+    return {alias: Exact(column) for column, alias in columns.items()}
 
 
 def _running_keys(
@@ -515,18 +548,19 @@ def _running_keys(
     function = plan.functions.get(name)
     if function and function.concurrency:
         limit = function.concurrency.limit
+        same_name = Q(exact_name=name)
         if function.concurrency.key is None:
-            keys.append((limit_key("running:job", name), limit, Q(name=name)))
+            keys.append((limit_key("running:job", name), limit, same_name))
         else:
-            same = Q(concurrency_key=own)
+            same = Q(exact_concurrency_key=own)
             if own is None:
                 same = Q(concurrency_key__isnull=True)
             key = limit_key("running:job", name, own)
-            keys.append((key, limit, Q(name=name) & same))
+            keys.append((key, limit, same_name & same))
     limits = plan.queues.get(queue)
     if limits and limits.concurrency:
         key = limit_key("running:queue", queue)
-        keys.append((key, limits.concurrency.limit, Q(queue=queue)))
+        keys.append((key, limits.concurrency.limit, Q(exact_queue=queue)))
     return keys
 
 

@@ -137,6 +137,20 @@ def test_long_names_and_keys_fit_the_lock_key():
     assert len(key) == len(other) == 300 and key != other
 
 
+def test_a_colon_in_a_name_or_key_does_not_join_two_limits():
+    keyed = limits.limit_key("rate:job", "mail", "to:7")
+    named = limits.limit_key("rate:job", "mail:to", "7")
+    whole = limits.limit_key("rate:job", "mail:to:7")
+
+    assert len({keyed, named, whole}) == 3
+    assert keyed.startswith("rate:job:mail:to:7#")
+
+
+def test_plain_names_and_keys_stay_readable():
+    assert limits.limit_key("rate:job", "mail.send", "7") == "rate:job:mail.send:7"
+    assert limits.limit_key("running:queue", "mail") == "running:queue:mail"
+
+
 # Queue limits from KLERK_QUEUES.
 
 
@@ -560,3 +574,36 @@ def test_claim_skips_a_limited_job_another_transaction_holds_on_mariadb():
 
     assert [c.id for c in claimed] == [free.pk]
     assert Job.objects.get(pk=held.pk).attempts == 0
+
+
+# Keys that a case- or accent-insensitive collation (MariaDB's default)
+# would take for one another are still different keys.
+
+LOOKALIKE_KEYS = ["acme", "Acme", "ACME", "acme ", "ácme", "acme\u00a0"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rate_keys_differing_only_in_case_accent_or_space_are_apart():
+    jobs = [rated.enqueue(customer, customer) for customer in LOOKALIKE_KEYS]
+
+    claimed = claim()
+
+    assert sorted(c.id for c in claimed) == [job.pk for job in jobs]
+    assert Limit.objects.count() == len(LOOKALIKE_KEYS)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrency_keys_differing_only_in_case_or_space_are_apart(tmp_path):
+    gate = tmp_path / "gate"
+    first = alone.enqueue("acme", "first", str(gate))
+    worker = uuid.uuid4()
+    assert [c.id for c in claim(worker=worker)] == [first.pk]
+
+    # "acme" is full now; its lookalikes are not.
+    others = [alone.enqueue(key, key, str(gate)) for key in LOOKALIKE_KEYS[1:]]
+    again = alone.enqueue("acme", "again", str(gate))
+
+    claimed = claim()
+
+    assert sorted(c.id for c in claimed) == [job.pk for job in others]
+    assert Job.objects.get(pk=again.pk).status == JobStatus.READY

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from klerk_django.models import Attempt, Job, JobStatus
+from klerk_django.models import Job, JobStatus
 from tests.faults import database_settings
+from tests.job_state import outcomes, runs, status
 from tests.testapp.kill_jobs import finish, gated
-from tests.testapp.models import Run
 from tests.workers import running_worker, wait_for
 
 pytestmark = pytest.mark.mysql
@@ -48,23 +48,6 @@ BALLAST = "klerk_test_deadlock_ballast"
 BALLAST_ROWS = 500
 
 SUCCESS_UPDATE = "UPDATE `klerk_job` SET `status` = 'succeeded'"
-
-
-def status(job: Job) -> str:
-    return Job.objects.get(pk=job.pk).status
-
-
-def outcomes(job: Job) -> list[tuple[int, str]]:
-    return list(
-        Attempt.objects.filter(job_id=job.pk)
-        .order_by("number")
-        .values_list("number", "outcome")
-    )
-
-
-def runs(kind: str, key: str) -> list[int]:
-    found = Run.objects.filter(kind=kind, key=key).order_by("pk")
-    return list(found.values_list("attempt", flat=True))
 
 
 def innodb_deadlocks() -> int:

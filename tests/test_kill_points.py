@@ -8,8 +8,8 @@ import subprocess
 import pytest
 
 from klerk_django.models import Attempt, Job, JobStatus
+from tests.job_state import outcomes, runs, status
 from tests.testapp.kill_jobs import finish, gated
-from tests.testapp.models import Run
 from tests.workers import running_worker, start_worker, stop, wait_for
 
 # Short leases so that lost workers are noticed within seconds.
@@ -18,23 +18,6 @@ FAST = {
     "KLERK_HEARTBEAT_SECONDS": 1,
     "KLERK_RECOVERY_SECONDS": 1,
 }
-
-
-def status(job: Job) -> str:
-    return Job.objects.get(pk=job.pk).status
-
-
-def outcomes(job: Job) -> list[tuple[int, str]]:
-    return list(
-        Attempt.objects.filter(job_id=job.pk)
-        .order_by("number")
-        .values_list("number", "outcome")
-    )
-
-
-def runs(kind: str, key: str) -> list[int]:
-    found = Run.objects.filter(kind=kind, key=key).order_by("pk")
-    return list(found.values_list("attempt", flat=True))
 
 
 def kill_stopped(process: subprocess.Popen[bytes]) -> None:

@@ -25,6 +25,7 @@ from klerk_django.worker import (
     reconnect_delay,
 )
 from tests import faults
+from tests.job_state import outcomes, status
 from tests.testapp.jobs import crash, hang, record, sleep
 from tests.testapp.models import Run
 from tests.workers import (
@@ -42,18 +43,6 @@ FAST = {
     "KLERK_HEARTBEAT_SECONDS": 1,
     "KLERK_RECOVERY_SECONDS": 1,
 }
-
-
-def status(job: Job) -> str:
-    return Job.objects.get(pk=job.pk).status
-
-
-def outcomes(job: Job) -> list[tuple[int, str]]:
-    return list(
-        Attempt.objects.filter(job_id=job.pk)
-        .order_by("number")
-        .values_list("number", "outcome")
-    )
 
 
 def started(kind: str, key: str) -> bool:

@@ -18,6 +18,8 @@ import ctypes
 import logging
 import threading
 
+from django.db import connections
+
 from .cancellation import Stop
 from .exceptions import JobTimeout
 
@@ -63,12 +65,17 @@ class ThreadLimit:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        with self._lock:
-            self.ended = True
+        try:
+            if self._timer is not None:
+                self._timer.cancel()
+            with self._lock:
+                self.ended = True
+                if self.raised:
+                    _raise_in(self.thread_id, None)
+        finally:
+            # Even an exception withdrawn here may have struck first.
             if self.raised:
-                _raise_in(self.thread_id, None)
+                replace_connections()
 
     def _expire(self) -> None:
         self.stop.time_out()
@@ -92,6 +99,27 @@ def limit(
         return contextlib.nullcontext()
     grace = ASYNC_GRACE_SECONDS if is_async else 0.0
     return ThreadLimit(seconds, stop, grace, job_id)
+
+
+def replace_connections() -> None:
+    """Close this thread's database connections; its next query opens anew.
+
+    An exception raised in the thread may have struck inside a database
+    driver or inside Django's transaction handling, leaving a connection
+    half way through a command, or marked as inside a transaction that has
+    ended. Neither the worker's outcome write nor the thread's next job
+    may inherit it, and closing it in the ordinary way may fail on that
+    very state, so the raw connection is closed and the wrapper dropped.
+    """
+    for conn in connections.all(initialized_only=True):
+        raw = conn.connection
+        del connections[conn.alias]
+        if raw is None:
+            continue
+        try:
+            raw.close()
+        except Exception:
+            logger.debug("connection not closed cleanly alias=%s", conn.alias)
 
 
 def _raise_in(thread_id: int, exc: type[BaseException] | None) -> None:

@@ -15,6 +15,7 @@ from tests.testapp.jobs import record
 from tests.testapp.models import Run
 from tests.testapp.stop_jobs import (
     async_sleeper,
+    atomic_writer,
     blocked,
     busy,
     in_process,
@@ -171,3 +172,38 @@ def test_thread_job_blocked_in_c_is_recorded_only_once_its_code_stopped(tmp_path
 
 def _lease_of(job: Job) -> object:
     return Job.objects.get(pk=job.pk).lease_expires_at
+
+
+FINAL = [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED]
+
+
+def outcomes_of(jobs: list[Job]) -> list[tuple[int, str]]:
+    rows = Attempt.objects.filter(job_id__in=[job.pk for job in jobs])
+    return list(rows.values_list("number", "outcome"))
+
+
+def unfinished(jobs: list[Job]) -> int:
+    ids = [job.pk for job in jobs]
+    return Job.objects.filter(pk__in=ids).exclude(status__in=FINAL).count()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_time_limits_striking_transactions_leave_each_thread_usable(tmp_path):
+    jobs = [
+        atomic_writer.using(timeout=0.2 + (n % 7) / 10).enqueue(f"w{n}")
+        for n in range(60)
+    ]
+    log = tmp_path / "worker.log"
+    with running_worker("--concurrency", "4", settings=FAST, log=log):
+        wait_for(lambda: unfinished(jobs) == 0, timeout=240)
+        after = [record.enqueue(f"after{n}") for n in range(8)]
+        wait_for(lambda: unfinished(after) == 0, timeout=120)
+
+    assert "outcome not recorded" not in log.read_text()
+    recorded = Attempt.objects.filter(job_id__in=[job.pk for job in jobs])
+    assert recorded.count() == len(jobs)
+    assert {
+        error.split(":")[0] for error in recorded.values_list("error", flat=True)
+    } == {"JobTimeout"}
+    # The jobs that ran next on those threads ran once each.
+    assert set(outcomes_of(after)) == {(1, "succeeded")}

@@ -6,11 +6,13 @@ import signal
 import time
 
 from asgiref.sync import sync_to_async
+from django.db import transaction
 
 from klerk_django import job, raise_if_cancelled, report_progress
 
 from .control_jobs import _mark_elsewhere
 from .jobs import _mark
+from .models import Run
 
 # Bounded, so that a worker nobody stops cannot run them for ever.
 LONGEST = 300.0
@@ -97,3 +99,23 @@ def blocked(key: str, fifo: str) -> str:
         pipe.read()
     _mark("blocked-end", key)
     return "unblocked"
+
+
+@job(name="tests.atomic_writer", max_attempts=1, backoff_seconds=0.0)
+def atomic_writer(key: str) -> str:
+    """Write in short transactions until a time limit strikes one of them."""
+    deadline = time.monotonic() + LONGEST
+    while time.monotonic() < deadline:
+        with transaction.atomic():
+            Run.objects.create(kind="atomic", key=key)
+    return "ran to the end"
+
+
+@job(name="tests.short", max_attempts=3, backoff_seconds=0.0)
+def short(key: str, seconds: float) -> str:
+    """Busy itself for about ``seconds``, then write its mark and return."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pass
+    _mark("short", key)
+    return key

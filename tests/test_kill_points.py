@@ -1,4 +1,4 @@
-"""Workers killed or deadlocked at chosen points of an attempt."""
+"""Workers killed at chosen points of an attempt."""
 
 from __future__ import annotations
 

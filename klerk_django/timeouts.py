@@ -78,10 +78,11 @@ class ThreadLimit:
                 replace_connections()
 
     def _expire(self) -> None:
-        self.stop.time_out()
         with self._lock:
+            # A job that returned just now ran within its limit.
             if self.ended:
                 return
+            self.stop.time_out()
             self.raised = True
             _raise_in(self.thread_id, JobTimeout)
         logger.warning(

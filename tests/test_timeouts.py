@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
 import pytest
 
+from klerk_django import timeouts
+from klerk_django.cancellation import Stop
 from klerk_django.exceptions import EnqueueOptionError
 from klerk_django.jobs import job
 from klerk_django.models import Attempt, Job, JobStatus
@@ -19,6 +22,7 @@ from tests.testapp.stop_jobs import (
     blocked,
     busy,
     in_process,
+    short,
     sleeper,
     swallower,
 )
@@ -207,3 +211,43 @@ def test_time_limits_striking_transactions_leave_each_thread_usable(tmp_path):
     } == {"JobTimeout"}
     # The jobs that ran next on those threads ran once each.
     assert set(outcomes_of(after)) == {(1, "succeeded")}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_many_jobs_ending_as_their_time_limit_passes(tmp_path):
+    jobs = [
+        short.using(timeout=0.05 + (n % 3) / 100).enqueue(f"s{n}", 0.05)
+        for n in range(240)
+    ]
+    logs = [tmp_path / f"worker{n}.log" for n in range(4)]
+    with contextlib.ExitStack() as workers:
+        for log in logs:
+            workers.enter_context(
+                running_worker("--concurrency", "2", settings=FAST, log=log)
+            )
+        wait_for(lambda: unfinished(jobs) == 0, timeout=400)
+
+    for log in logs:
+        text = log.read_text()
+        assert "attempt crashed" not in text and "outcome not" not in text
+    for stored in Job.objects.filter(pk__in=[each.pk for each in jobs]):
+        recorded = Attempt.objects.filter(job_id=stored.pk).order_by("number")
+        numbers = list(recorded.values_list("number", flat=True))
+        assert numbers == list(range(1, stored.attempts + 1))
+        # A time limit only counts when it stopped the job's code.
+        for attempt in recorded.filter(error__startswith="JobTimeout"):
+            assert "JobTimeout" in attempt.traceback, attempt.error
+
+
+def test_time_limit_firing_just_after_the_job_returned_changes_nothing():
+    stop = Stop()
+    limit = timeouts.ThreadLimit(60, stop)
+    with limit:
+        pass
+
+    # The timer thread may be past its wait when the job returns: its
+    # call then comes after the limit ended.
+    limit._expire()
+
+    assert stop.reason == ""
+    assert not limit.raised

@@ -19,7 +19,8 @@ from klerk_django.limits import ConcurrencyLimit, RateLimit
 from klerk_django.models import Attempt, Job, JobStatus, Limit, LimitStart
 from klerk_django.testing import run_jobs
 from tests.testapp.jobs import record
-from tests.testapp.limit_jobs import alone, odd, paired, rated, rated_wide
+from tests.testapp.limit_jobs import alone, flaky, odd, paired, rated, rated_wide
+from tests.testapp.models import Run
 from tests.workers import running_worker, start_worker, stop, wait_for
 
 
@@ -607,3 +608,54 @@ def test_concurrency_keys_differing_only_in_case_or_space_are_apart(tmp_path):
 
     assert sorted(c.id for c in claimed) == [job.pk for job in others]
     assert Job.objects.get(pk=again.pk).status == JobStatus.READY
+
+
+# Many workers, many keys, limited and unlimited jobs of every priority.
+
+MIXED_KEYS = ["acme", "Acme", "ünïcødé-客户", "k" * 200, "globex"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_mixed_workload_on_four_workers_ends_within_every_limit():
+    keys = list(enumerate(MIXED_KEYS))
+    rated_jobs = [rated.enqueue(k, f"{i}-{n}") for n in range(4) for i, k in keys]
+    flaky_jobs = [flaky.enqueue(k, f"{i}-{n}") for n in range(2) for i, k in keys]
+    plain = [
+        record.using(priority=priority).enqueue(f"plain-{priority}-{n}")
+        for n in range(10)
+        for priority in (-5, 0, 5)
+    ]
+    jobs = rated_jobs + flaky_jobs + plain
+
+    workers = [start_worker("--concurrency", "3") for _ in range(4)]
+    try:
+        wait_for(lambda: all_ended(jobs), timeout=240)
+    finally:
+        for worker in workers:
+            stop(worker)
+
+    # Grouped here: MariaDB's collation would take "acme" for "Acme".
+    spans: dict[tuple[str, str], list] = {}
+    for name, key, start, end in Attempt.objects.values_list(
+        "job__name", "job__rate_key", "started_at", "finished_at"
+    ):
+        spans.setdefault((name, key), []).append((start, end))
+    for key in MIXED_KEYS:
+        starts = [start for start, _ in spans[rated.name, key]]
+        assert len(starts) == 4 and most_in_any_window(starts, 1.0) <= 2, key
+        assert len(spans[flaky.name, key]) == 4
+    # Marks are numbered as they happen, whatever the clocks say.
+    running: dict[str, int] = {}
+    for kind, mark in (
+        Run.objects.filter(kind__startswith="flaky")
+        .order_by("pk")
+        .values_list("kind", "key")
+    ):
+        index = mark.split("-")[0]
+        running[index] = running.get(index, 0) + (1 if kind == "flaky-start" else -1)
+        assert running[index] <= 1, (MIXED_KEYS[int(index)], mark)
+    # Every retry was one more attempt, and waiting used none up.
+    assert {job.attempts for job in Job.objects.filter(name=flaky.name)} == {2}
+    assert set(
+        Job.objects.exclude(name=flaky.name).values_list("attempts", flat=True)
+    ) == {1}

@@ -3,7 +3,7 @@
 import time
 from pathlib import Path
 
-from klerk_django import job
+from klerk_django import current_job, job
 from klerk_django.limits import ConcurrencyLimit, RateLimit
 
 from .jobs import _mark
@@ -63,3 +63,20 @@ def alone(customer: str, key: str, gate: str) -> str:
 @job(name="tests.limits.odd", rate_limit=RateLimit(5, per=10, key=odd_key))
 def odd(customer: str) -> str:
     return customer
+
+
+@job(
+    name="tests.limits.flaky",
+    max_attempts=3,
+    backoff_seconds=0.0,
+    rate_limit=RateLimit(3, per=1.0, key=by_customer),
+    concurrency_limit=ConcurrencyLimit(1, key=by_customer),
+)
+def flaky(customer: str, key: str) -> str:
+    """Fail the first attempt, so that the retry goes through the limits."""
+    _mark("flaky-start", key)
+    context = current_job()
+    _mark("flaky-end", key)
+    if context is not None and context.attempt == 1:
+        raise RuntimeError(f"first attempt of {key} fails")
+    return key

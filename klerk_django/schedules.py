@@ -289,7 +289,7 @@ def check_schedules(now: datetime | None = None) -> list[Job]:
         return []
     db = database.alias()
     states, clock = _read_states(db, [schedule.name for schedule in schedules])
-    now = _aware(now or clock)
+    now = _aware(now) if now else _clock_instant(clock)
 
     enqueued = []
     for schedule in schedules:
@@ -427,9 +427,39 @@ def _advance(
         guard &= Q(next_tick_at=state.next_tick_at)
     changes = {"next_tick_at": _stored(next_tick), "updated_at": _stored(now)}
     if tick is not None:
-        guard &= Q(last_tick_at__isnull=True) | Q(last_tick_at__lt=_stored(tick))
+        if not _after_last(tick, state.last_tick_at):
+            return False
+        # The row as read, so that "after" was decided on what is stored.
+        if state.last_tick_at is None:
+            guard &= Q(last_tick_at__isnull=True)
+        else:
+            guard &= Q(last_tick_at=state.last_tick_at)
         changes["last_tick_at"] = _stored(tick)
     return Schedule.objects.using(db).filter(guard).update(**changes) == 1
+
+
+def _after_last(tick: datetime, last: datetime | None) -> bool:
+    """Return whether ``tick`` comes after the stored last tick ``last``.
+
+    With USE_TZ = False a stored wall time of the repeated autumn hour
+    names two instants, and the ticks of that hour's second pass are stored
+    as times that compare lower than those of its first pass: a tick counts
+    as after when it is later than the first instant ``last`` may name, and
+    is not ``last`` itself.
+    """
+    if last is None:
+        return True
+    if timezone.is_aware(last):
+        return tick > last
+    return tick > _readings(last)[0] and _stored(tick) != last
+
+
+def _readings(value: datetime) -> list[datetime]:
+    """Return the instants, in UTC and in order, a naive stored time names."""
+    zone = timezone.get_default_timezone()
+    # In UTC before they are compared: within one zone, fold is ignored.
+    readings = {value.replace(tzinfo=zone, fold=f).astimezone(UTC) for f in (0, 1)}
+    return sorted(readings)
 
 
 def _log_missed(
@@ -459,6 +489,20 @@ def _stored(moment: datetime) -> datetime:
     if django_settings.USE_TZ:
         return moment
     return timezone.make_naive(moment, timezone.get_default_timezone())
+
+
+def _clock_instant(clock: datetime, machine: datetime | None = None) -> datetime:
+    """Return the jobs' clock as an aware UTC instant.
+
+    With USE_TZ = False the clock is read as a naive local time, which names
+    two instants in the repeated autumn hour: the one nearer this machine's
+    clock (``machine``, for tests) is meant, as clocks differ by far less
+    than the hour.
+    """
+    if timezone.is_aware(clock):
+        return clock.astimezone(UTC)
+    machine = machine or datetime.now(UTC)
+    return min(_readings(clock), key=lambda reading: abs(reading - machine))
 
 
 def _aware(value: datetime) -> datetime:

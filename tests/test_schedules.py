@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.management import call_command
+from django.test import override_settings
 from django.utils import timezone as dj_timezone
 
 from klerk_django import checks, job, periodic, schedules
@@ -456,6 +457,33 @@ def test_daylight_checks_in_the_second_pass_enqueue_nothing_twice(declare):
     ]
 
 
+@pytest.mark.django_db
+def test_daylight_of_the_storage_zone_costs_a_utc_schedule_no_tick(declare):
+    # Under USE_TZ = False in Berlin, the ticks of the repeated hour are
+    # stored as wall times that read as earlier than the last tick's.
+    declare("*/20 * * * *", timezone="UTC")
+
+    walk(utc(2026, 10, 24, 23, 30), utc(2026, 10, 25, 2, 10), timedelta(minutes=1))
+
+    expected = [utc(2026, 10, 24, 23, 40)]
+    expected += [utc(2026, 10, 25, 0, 0) + timedelta(minutes=20 * n) for n in range(7)]
+    # Read from the keys: the stored run times of the two passes look alike.
+    keys = Job.objects.filter(unique_key__startswith=f"schedule:{NAME}:")
+    keys = keys.values_list("unique_key", flat=True)
+    assert sorted(keys) == [schedules.tick_key(NAME, tick) for tick in expected]
+
+
+@pytest.mark.parametrize("fold", [0, 1])
+def test_a_naive_clock_reads_as_the_instant_nearer_the_machines(fold):
+    instant = at(BERLIN, 2026, 10, 25, 2, 30, fold=fold)
+    naive = instant.astimezone(BERLIN).replace(tzinfo=None, fold=0)
+
+    with override_settings(USE_TZ=False, TIME_ZONE="Europe/Berlin"):
+        read = schedules._clock_instant(naive, machine=instant + timedelta(seconds=3))
+
+    assert read == instant
+
+
 SELECTED = "daylight and not use_tz or due_tick or downtime or stale_state"
 
 
@@ -480,7 +508,7 @@ def test_daylight_under_both_use_tz_settings_in_berlin(use_tz):
     )
 
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "11 passed" in done.stdout, done.stdout
+    assert "12 passed" in done.stdout, done.stdout
 
 
 # Real worker processes

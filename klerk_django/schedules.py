@@ -293,8 +293,18 @@ def check_schedules(now: datetime | None = None) -> list[Job]:
 
     enqueued = []
     for schedule in schedules:
+        state = states.get(schedule.name)
+        if state is None:
+            # The database holds another schedule's row under this name,
+            # as a collation that ignores case or trailing spaces does.
+            logger.error(
+                "schedule not checked schedule=%s error=%s",
+                schedule.name,
+                "its name is another schedule's to the database; rename one",
+            )
+            continue
         try:
-            job = _check_one(db, schedule, states[schedule.name], now)
+            job = _check_one(db, schedule, state, now)
         except CronError as error:
             logger.error(
                 "schedule not checked schedule=%s error=%s", schedule.name, error

@@ -343,6 +343,26 @@ def test_a_schedule_that_cannot_enqueue_leaves_the_others_ticking(settings):
 
 
 @pytest.mark.django_db
+def test_names_that_a_collation_takes_for_one_tick_apart(declare, caplog):
+    # MariaDB's default collation ignores case and trailing spaces, so a
+    # row for each name may not be possible; neither may stop the others.
+    for name in ("tests.every", "Tests.Every", "tests.every "):
+        declare("*/10 * * * *", name=name)
+    check_schedules(now=utc(2026, 5, 1, 10, 1))
+
+    check_schedules(now=utc(2026, 5, 1, 10, 10, 1))
+
+    tick = utc(2026, 5, 1, 10, 10)
+    keys = set(Job.objects.values_list("unique_key", flat=True))
+    stored = set(Schedule.objects.values_list("name", flat=True))
+    assert stored
+    for name in ("tests.every", "Tests.Every", "tests.every "):
+        assert (schedules.tick_key(name, tick) in keys) == (name in stored)
+        if name not in stored:
+            assert f"schedule={name}" in caplog.text
+
+
+@pytest.mark.django_db
 def test_a_tick_job_keeps_its_key_while_ready(declare):
     declare("*/10 * * * *")
     check_schedules(now=utc(2026, 5, 1, 10, 25))

@@ -146,6 +146,9 @@ def run(
     if on_ended is not None:
         on_ended()
 
+    if stop.handed_back:
+        # The stopping worker records the attempt as interrupted.
+        return ""
     outcome = _stopped(claimed, stop, outcome)
     if outcome is None:
         write = functools.partial(_succeed, claimed, worker_id, result)

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 CANCELLED = "cancelled"
 TIMED_OUT = "timed out"
+HANDED_BACK = "handed back"
 
 
 class Stop:
@@ -53,6 +54,10 @@ class Stop:
         """Tell the attempt it ran past its time limit."""
         return self._give(TIMED_OUT)
 
+    def hand_back(self) -> bool:
+        """Tell the attempt that its stopping worker hands its job back."""
+        return self._give(HANDED_BACK)
+
     def _give(self, reason: str) -> bool:
         with self._lock:
             if self.reason:
@@ -64,6 +69,10 @@ class Stop:
     @property
     def cancelled(self) -> bool:
         return self.reason == CANCELLED
+
+    @property
+    def handed_back(self) -> bool:
+        return self.reason == HANDED_BACK
 
 
 _stop: contextvars.ContextVar[Stop | None] = contextvars.ContextVar(

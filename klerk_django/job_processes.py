@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import threading
 import time
 from dataclasses import asdict
 from multiprocessing.connection import Connection, wait
@@ -27,7 +28,7 @@ from typing import Any
 
 from . import job_child
 from .cancellation import Stop
-from .exceptions import JobCancelled, JobTimeout, KlerkError
+from .exceptions import JobCancelled, JobStopped, JobTimeout, KlerkError
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,11 @@ logger = logging.getLogger(__name__)
 POLL_SECONDS = 0.2
 # How long a child may take to end after SIGTERM before SIGKILL.
 KILL_GRACE_SECONDS = 3.0
+
+# The job processes this worker runs, so that it can end them all before
+# it hands their jobs back when it stops.
+_children: set[Any] = set()
+_children_lock = threading.Lock()
 
 
 class JobProcessFailed(KlerkError, RuntimeError):
@@ -62,7 +68,13 @@ def call(context: Any, arguments_: Any, timeout: float | None, stop: Stop) -> An
         name=f"klerk-job-{context.job_id}",
         daemon=True,
     )
-    child.start()
+    with _children_lock:
+        # Checked under the lock: end_all either sees this child or the
+        # hand-back request was made before it started.
+        if stop.handed_back:
+            raise JobStopped("its worker is stopping")
+        child.start()
+        _children.add(child)
     theirs.close()
     try:
         return _wait(child, ours, timeout, stop)
@@ -70,6 +82,34 @@ def call(context: Any, arguments_: Any, timeout: float | None, stop: Stop) -> An
         # Closing our end tells a child that answered to exit.
         ours.close()
         _end(child, at_once=False)
+        with _children_lock:
+            _children.discard(child)
+
+
+def end_all(at_once: bool) -> int:
+    """End this worker's job processes; return how many were running.
+
+    Each gets SIGTERM, so that its ``finally`` blocks run, and SIGKILL if
+    it outlives the grace; ``at_once`` sends SIGKILL straight away. The
+    job threads that waited for them record nothing if their stop flags
+    were handed back first.
+    """
+    with _children_lock:
+        children = [child for child in _children if child.is_alive()]
+    for child in children:
+        if at_once:
+            child.kill()
+        else:
+            child.terminate()
+    deadline = time.monotonic() + KILL_GRACE_SECONDS
+    for child in children:
+        child.join(max(deadline - time.monotonic(), 0.0))
+        if child.is_alive():
+            child.kill()
+        child.join()
+    if children:
+        logger.warning("job processes ended on stop count=%s", len(children))
+    return len(children)
 
 
 def _wait(child: Any, ours: Connection, timeout: float | None, stop: Stop) -> Any:

@@ -38,6 +38,7 @@ from . import (
     attempts,
     cancellation,
     database,
+    job_processes,
     leases,
     notify,
     retention,
@@ -404,7 +405,13 @@ class Worker:
 
         with self.lock:
             left = list(self.running)
+            stops = [self.stops[job_id] for job_id in left]
         if left:
+            # A job process must be dead before its job is ready again, or
+            # another worker could run the job while it still runs here.
+            for stop in stops:
+                stop.hand_back()
+            job_processes.end_all(at_once=self.forced.is_set())
             try:
                 leases.interrupt(self.id, left, "the worker stopped before it ended")
             except Error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 
 import pytest
@@ -21,7 +22,7 @@ from klerk_django.models import Attempt, Job, JobStatus
 from tests.test_admin import staff, texts, url
 from tests.testapp.jobs import fail, record
 from tests.testapp.models import Run
-from tests.testapp.stop_jobs import cooperative, in_process, stubborn
+from tests.testapp.stop_jobs import cooperative, in_process, stubborn, ticker
 from tests.workers import running_worker, start_worker, stop, wait_for
 
 # Frequent heartbeats, so that a worker sees a request within a second.
@@ -289,3 +290,43 @@ def test_job_page_shows_the_time_limit_and_the_cancel_request():
 
     assert "Timeout seconds" in content and "42.0" in content
     assert "Cancel requested at" in content
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stopping_worker_kills_a_job_process_before_handing_its_job_back():
+    job = ticker.enqueue("handed back")
+    worker = start_worker("--grace-seconds", "1", settings=FAST)
+    try:
+        wait_for(lambda: started("tick", "handed back"))
+
+        assert stop(worker) == 0
+    finally:
+        stop(worker)
+        cancel_jobs([job.pk])
+
+    (attempt,) = Attempt.objects.filter(job_id=job.pk)
+    assert attempt.outcome == "interrupted"
+    last_tick = Run.objects.filter(kind="tick").latest("created_at").created_at
+    assert last_tick < attempt.finished_at
+
+
+@pytest.mark.django_db(transaction=True)
+def test_second_stop_signal_kills_a_job_process_at_once(tmp_path):
+    job = ticker.enqueue("forced")
+    log = tmp_path / "worker.log"
+    worker = start_worker("--grace-seconds", "300", settings=FAST, log=log)
+    try:
+        wait_for(lambda: started("tick", "forced"))
+        worker.send_signal(signal.SIGTERM)
+        wait_for(lambda: "worker stopping" in log.read_text())
+        worker.send_signal(signal.SIGTERM)
+
+        assert worker.wait(60) == 0
+    finally:
+        stop(worker)
+        cancel_jobs([job.pk])
+
+    (attempt,) = Attempt.objects.filter(job_id=job.pk)
+    assert attempt.outcome == "interrupted"
+    last_tick = Run.objects.filter(kind="tick").latest("created_at").created_at
+    assert last_tick < attempt.finished_at

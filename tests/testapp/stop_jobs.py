@@ -119,3 +119,37 @@ def short(key: str, seconds: float) -> str:
         pass
     _mark("short", key)
     return key
+
+
+@job(name="tests.ticker", process=True, backoff_seconds=0.0)
+def ticker(key: str) -> str:
+    """Ignore SIGTERM and write a tick every few milliseconds until killed."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    deadline = time.monotonic() + LONGEST
+    while time.monotonic() < deadline:
+        _mark("tick", key)
+        time.sleep(0.005)
+    return "not stopped"
+
+
+class Unprintable(Exception):
+    """An exception whose text cannot be made, nor the exception pickled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = __import__("threading").Lock()
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this exception")
+
+
+@job(name="tests.unprintable", max_attempts=1)
+def unprintable(key: str) -> None:
+    _mark("unprintable", key)
+    raise Unprintable()
+
+
+@job(name="tests.unprintable_child", process=True, max_attempts=1)
+def unprintable_child(key: str) -> None:
+    _mark("unprintable_child", key)
+    raise Unprintable()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from importlib.util import find_spec
 
 from django.apps import AppConfig
@@ -14,8 +15,14 @@ class KlerkConfig(AppConfig):
     def ready(self) -> None:
         from django.utils.module_loading import autodiscover_modules
 
-        from . import builtin_jobs, chaos, checks  # noqa: F401  (they register)
+        from . import builtin_jobs, checks  # noqa: F401  (they register)
         from .conf import settings
+
+        # The chaos job is test machinery, not shown in a project's admin:
+        # only the chaos run (which imports it) and the workers it starts,
+        # marked by their chaos folder, register it.
+        if os.environ.get("KLERK_CHAOS_DIR"):
+            from . import chaos  # noqa: F401
 
         # Job, action and command names are resolved through registries, so
         # every process must import the modules that register them.

@@ -1,11 +1,12 @@
 """The chaos job: a job that records overlapping or repeated runs of itself.
 
-It is registered in every process so that any worker can run it; the chaos
-run itself lives in ``chaos_run.py``. While it runs, the job holds a marker
-file, created exclusively, in a folder shared by all processes of the chaos
-run. A run that finds a live marker of another process overlaps it; a run
-of a job whose success is already stored repeats a finished job. Both count
-as duplicated.
+It is registered only where it is used: in the process of the chaos run,
+which lives in ``chaos_run.py``, and in the workers that run starts, which
+find the chaos folder in their environment (see ``apps.py``). While it
+runs, the job holds a marker file, created exclusively, in a folder shared
+by all processes of the chaos run. A run that finds a live marker of
+another process overlaps it; a run of a job whose success is already stored
+repeats a finished job. Both count as duplicated.
 """
 
 from __future__ import annotations

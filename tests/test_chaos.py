@@ -92,3 +92,41 @@ def test_a_short_chaos_run_loses_and_duplicates_nothing():
     assert jobs > 0 and kills > 0
     assert (lost, duplicated) == (0, 0), finished.stderr
     assert finished.returncode == 0
+
+
+def _registered_in_a_new_process(extra_env):
+    script = (
+        "import django; django.setup()\n"
+        "from klerk_django.admin_pages import registered_queues\n"
+        "from klerk_django.jobs import registry\n"
+        "print(sorted(registry.names()), sorted(set(registered_queues())))\n"
+    )
+    env = worker_env()
+    env.pop(chaos.FOLDER_VARIABLE, None)
+    env.update(extra_env)
+    finished = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return finished.stdout
+
+
+@pytest.mark.django_db
+def test_a_project_that_runs_no_chaos_has_no_chaos_job_or_queue():
+    registered = _registered_in_a_new_process({})
+
+    assert "klerk.noop" in registered
+    assert "klerk.chaos" not in registered
+    assert chaos.QUEUE not in registered
+
+
+@pytest.mark.django_db
+def test_the_workers_of_a_chaos_run_know_the_chaos_job(tmp_path):
+    registered = _registered_in_a_new_process({chaos.FOLDER_VARIABLE: str(tmp_path)})
+
+    assert "klerk.chaos" in registered
+    assert chaos.QUEUE in registered

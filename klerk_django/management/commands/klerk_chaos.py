@@ -13,8 +13,11 @@ from klerk_django import chaos_run as chaos
 
 class Command(BaseCommand):
     help = (
-        "Run workers for --seconds while commands enqueue jobs and workers "
-        "are killed at random; drain; print lost and duplicated jobs."
+        "For test databases only: on the configured database, start workers "
+        "on the klerk-chaos queue, enqueue chaos jobs for --seconds while "
+        "killing those workers at random (SIGKILL or SIGTERM), drain, and "
+        "print lost and duplicated jobs. It deletes and leaves behind jobs "
+        "of the klerk-chaos queue."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:

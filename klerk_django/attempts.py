@@ -206,8 +206,9 @@ class _Failure:
 
     @property
     def error(self) -> str:
-        text = self.message or f"{type(self.exc).__name__}: {self.exc}"
-        return arguments.scrub_text(text)
+        if self.message or self.exc is None:
+            return arguments.scrub_text(self.message)
+        return arguments.scrub_text(calling.described(self.exc))
 
     @property
     def traceback(self) -> str:

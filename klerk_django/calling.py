@@ -34,6 +34,19 @@ def call(
     return value
 
 
+def described(exc: BaseException) -> str:
+    """Return ``"Type: text"`` for ``exc``, even if making its text fails.
+
+    A job's exception is recorded by the worker's own code, which must not
+    fail on an exception whose ``__str__`` raises.
+    """
+    try:
+        text = str(exc)
+    except Exception as failure:
+        text = f"<its text could not be made: {type(failure).__name__}>"
+    return f"{type(exc).__name__}: {text}"
+
+
 async def _awaited(
     awaitable: Any, timeout: float | None, on_timeout: Callable[[], Any] | None
 ) -> Any:

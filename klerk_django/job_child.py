@@ -71,9 +71,10 @@ def _run_here(data: dict[str, Any], stop: Any) -> dict[str, Any]:
 
 def _error(exc: BaseException) -> dict[str, str]:
     from . import arguments
+    from .calling import described
 
     return {
-        "error": arguments.scrub_text(f"{type(exc).__name__}: {exc}"),
+        "error": arguments.scrub_text(described(exc)),
         "traceback": arguments.scrub_text(traceback.format_exc()),
     }
 

@@ -191,6 +191,53 @@ def test_job_page_is_read_only_and_shows_everything(admin_client, world):
     assert url(Job, "cancel", job.pk) not in content
 
 
+def test_job_page_shows_progress_keys_and_the_running_attempt(admin_client):
+    job = enqueue(
+        "keyed",
+        status="running",
+        attempts=2,
+        progress={"done": 3, "of": 7},
+        unique_key="schedule:tests.nightly:2026-12-05T05:00:00+00:00",
+        rate_key="customer-7",
+        concurrency_key="shop-3",
+    )
+
+    response = admin_client.get(url(Job, "change", job.pk))
+
+    content = response.content.decode()
+    pretty = json.dumps(job.progress, indent=2, sort_keys=True)
+    assert f"<pre>{escape(pretty)}</pre>" in content
+    assert "schedule:tests.nightly:2026-12-05T05:00:00+00:00" in content
+    assert "customer-7" in content and "shop-3" in content
+    assert "Current attempt" in content
+    assert ">attempt 2 of 4, running<" in content
+
+
+def test_job_page_leaves_out_what_a_plain_job_does_not_have(admin_client, world):
+    job = world["job"][0]
+
+    response = admin_client.get(url(Job, "change", job.pk))
+
+    content = response.content.decode()
+    for label in ("Progress", "Unique key", "Rate key", "Concurrency key"):
+        assert f">{label}:<" not in content
+    assert "Current attempt" not in content
+
+
+def test_job_search_matches_a_unique_key_exactly(admin_client, world):
+    tick = "schedule:tests.nightly:2026-12-05T05:00:00+00:00"
+    done = enqueue("tick", status="succeeded", unique_key=tick)
+    enqueue("other", unique_key=tick + "x")
+
+    def found(term):
+        response = admin_client.get(url(Job, "changelist"), {"q": term})
+        return {job.pk for job in response.context["cl"].result_list}
+
+    assert found(tick) == {done.pk}
+    assert found(" " + tick + " ") == {done.pk}
+    assert found("schedule:tests.nightly") == set()
+
+
 def test_job_page_post_is_refused(admin_client, world):
     job = world["job"][1]
 

@@ -2,7 +2,8 @@
 
 Schedules are declared in code and settings; the table holds only their
 state (last and next tick), so the page shows both side by side and
-changes nothing.
+changes nothing. Deleting a row, with the delete permission, forgets that
+state: a declared schedule then starts from now, with no missed tick.
 """
 
 from __future__ import annotations
@@ -53,11 +54,6 @@ class ScheduleAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(
-        self, request: HttpRequest, obj: models.Model | None = None
-    ) -> bool:
-        return False
-
-    def has_delete_permission(
         self, request: HttpRequest, obj: models.Model | None = None
     ) -> bool:
         return False

@@ -445,6 +445,22 @@ def test_every_page_is_read_only(admin_client, world, model):
     assert admin_client.post(url(model, "change", obj.pk), {}).status_code == 403
 
 
+def test_a_schedule_row_is_deleted_only_with_the_delete_permission(world):
+    row = world["schedule"][0]
+    Schedule.objects.filter(pk=row.pk).update(
+        last_tick_at=timezone.now(), next_tick_at=timezone.now()
+    )
+    page = url(Schedule, "delete", row.pk)
+
+    refused = viewer().post(page, {"post": "yes"})
+    assert refused.status_code == 403
+    assert Schedule.objects.filter(pk=row.pk).exists()
+
+    deleted = staff("view_schedule", "delete_schedule").post(page, {"post": "yes"})
+    assert deleted.status_code == 302
+    assert not Schedule.objects.filter(pk=row.pk).exists()
+
+
 def test_command_record_page_links_what_the_command_created(admin_client, world):
     command = world["commandrecord"][0]
     job, action = world["job"][0], world["action"][0]

@@ -41,7 +41,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--burst",
             action="store_true",
-            help="Exit once no job is ready and none is running.",
+            help="Exit once this worker runs no job and none may start now.",
         )
         parser.add_argument(
             "--name", default="", help="Display name; each start still gets a new id."

@@ -36,6 +36,7 @@ _EXPORTS = {
     "JobTimeout": "exceptions",
     "pause_queue": "queues",
     "resume_queue": "queues",
+    "forget_queue": "queues",
     "RateLimit": "limits",
     "ConcurrencyLimit": "limits",
     "JobResult": "results",

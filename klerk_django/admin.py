@@ -755,13 +755,16 @@ class JobAdmin(RecordColumns, KlerkAdmin):
             raise PermissionDenied
         name = request.POST.get("queue", "")
 
-        switch = queues.pause_queue if pause else queues.resume_queue
         try:
-            switch(name)
+            if pause:
+                queues.pause_queue(name)
+                done = "paused: workers claim none of its jobs"
+            else:
+                resumed = queues.resume_queue(name)
+                done = "resumed" if resumed else "is not paused"
         except KlerkError as error:
             self.message_user(request, str(error), messages.ERROR)
         else:
-            done = "paused: workers claim none of its jobs" if pause else "resumed"
             self.message_user(request, f"Queue {name!r} {done}.", messages.SUCCESS)
 
         prefix = f"{self.opts.app_label}_{self.opts.model_name}"

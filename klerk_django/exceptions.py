@@ -29,6 +29,16 @@ class EnqueueOptionError(KlerkError, ValueError):
         self.value = value
 
 
+class QueueNameError(KlerkError, ValueError):
+    """A queue name to pause, resume or forget that no queue may have."""
+
+    def __init__(self, name: Any) -> None:
+        super().__init__(
+            f"Queue name must be 1 to 100 letters, digits or _.:-, got {name!r}."
+        )
+        self.name = name
+
+
 class UnknownJob(KlerkError, LookupError):
     """A job name that no registered job function carries."""
 

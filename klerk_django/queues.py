@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Q
 
 from . import database, notify
-from .exceptions import EnqueueOptionError
+from .exceptions import EnqueueOptionError, QueueNameError
 from .jobs import JobOptions, validate_options
 from .models import Job, JobStatus, Queue
 
@@ -34,15 +34,40 @@ class QueueState:
 
 def pause_queue(name: str) -> None:
     """Stop every worker from claiming jobs of queue ``name``."""
-    _set_paused(name, True)
+    _store_pause(name)
     logger.info("queue paused queue=%s", name)
 
 
-def resume_queue(name: str) -> None:
-    """Let workers claim jobs of queue ``name`` again, and wake them."""
-    _set_paused(name, False)
+def resume_queue(name: str) -> bool:
+    """Let workers claim jobs of queue ``name`` again, and wake them.
+
+    Return False, changing nothing, if the queue was not paused.
+    """
+    _check_name(name)
+    db = database.alias()
+    switch = Queue.objects.using(db).filter(name=name, paused=True)
+    if not switch.update(paused=False, paused_at=None):
+        return False
+
     notify.wake_workers(name)
     logger.info("queue resumed queue=%s", name)
+    return True
+
+
+def forget_queue(name: str) -> bool:
+    """Delete the switch of queue ``name`` unless it is paused.
+
+    A resumed queue keeps its row, shown by ``klerk_queue list`` and the
+    admin; forgetting it removes a name typed by mistake. Return whether a
+    row was deleted: a paused queue must be resumed first.
+    """
+    _check_name(name)
+    db = database.alias()
+    switch = Queue.objects.using(db).filter(name=name, paused=False)
+    deleted, _ = switch.delete()
+    if deleted:
+        logger.info("queue forgotten queue=%s", name)
+    return bool(deleted)
 
 
 def paused_queues() -> list[str]:
@@ -73,19 +98,17 @@ def queue_states() -> list[QueueState]:
     ]
 
 
-def _set_paused(name: str, paused: bool) -> None:
+def _check_name(name: str) -> None:
     try:
         validate_options(JobOptions(queue=name))
     except EnqueueOptionError:
-        raise EnqueueOptionError(
-            f"Queue name must be 1 to 100 letters, digits or _.:-, got {name!r}.",
-            "queue",
-            name,
-        ) from None
+        raise QueueNameError(name) from None
 
+
+def _store_pause(name: str) -> None:
+    _check_name(name)
     db = database.alias()
-    paused_at = database.python_now() if paused else None
-    changes = {"paused": paused, "paused_at": paused_at}
+    changes = {"paused": True, "paused_at": database.python_now()}
     # Two processes may create the row at once; the loser updates it.
     for _ in range(2):
         try:

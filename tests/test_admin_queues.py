@@ -61,3 +61,13 @@ def test_get_switches_nothing_and_a_bad_name_is_reported(client):
     answer = client.post(PAUSE, {"queue": "bad name!"}, follow=True)
     assert b"Queue name must be" in answer.content
     assert not Queue.objects.exists()
+
+
+@pytest.mark.django_db
+def test_resuming_a_queue_that_is_not_paused_says_so(client):
+    _staff(client, "change_queue")
+
+    answer = client.post(RESUME, {"queue": "never-paused"}, follow=True)
+
+    assert b"Queue &#x27;never-paused&#x27; is not paused." in answer.content
+    assert not Queue.objects.exists()

@@ -9,9 +9,14 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from klerk_django import leases
-from klerk_django.exceptions import EnqueueOptionError
+from klerk_django.exceptions import QueueNameError
 from klerk_django.models import Job, JobStatus, Queue
-from klerk_django.queues import pause_queue, paused_queues, resume_queue
+from klerk_django.queues import (
+    forget_queue,
+    pause_queue,
+    paused_queues,
+    resume_queue,
+)
 from tests.testapp.jobs import record
 from tests.testapp.models import Run
 from tests.workers import running_worker, wait_for
@@ -56,10 +61,52 @@ def test_pause_twice_and_resume_keep_one_switch():
 @pytest.mark.django_db
 @pytest.mark.parametrize("name", ["", "has space", "x" * 101])
 def test_bad_queue_name_is_refused(name):
-    with pytest.raises(EnqueueOptionError, match="Queue name"):
-        pause_queue(name)
-    with pytest.raises(CommandError, match="Queue name"):
-        call_command("klerk_queue", "resume", name)
+    for change in (pause_queue, resume_queue, forget_queue):
+        with pytest.raises(QueueNameError, match="Queue name") as refused:
+            change(name)
+        assert refused.value.name == name
+        assert isinstance(refused.value, ValueError)
+    for action in ("pause", "resume", "forget"):
+        with pytest.raises(CommandError, match="Queue name"):
+            call_command("klerk_queue", action, name)
+    assert not Queue.objects.exists()
+
+
+@pytest.mark.django_db
+def test_resume_of_a_queue_that_is_not_paused_says_so_and_stores_nothing():
+    out = StringIO()
+
+    assert resume_queue("never-paused") is False
+    call_command("klerk_queue", "resume", "never-paused", stdout=out)
+
+    assert out.getvalue() == "queue never-paused is not paused\n"
+    assert not Queue.objects.exists()
+    pause_queue("mail")
+    assert resume_queue("mail") is True
+    assert resume_queue("mail") is False
+
+
+@pytest.mark.django_db
+def test_forget_deletes_the_switch_of_a_queue_that_is_not_paused():
+    pause_queue("typo")
+    pause_queue("mail")
+    out = StringIO()
+
+    with pytest.raises(CommandError, match="queue typo is paused; resume it first"):
+        call_command("klerk_queue", "forget", "typo")
+    assert sorted(paused_queues()) == ["mail", "typo"]
+    resume_queue("typo")
+    call_command("klerk_queue", "forget", "typo", stdout=out)
+    call_command("klerk_queue", "forget", "typo", stdout=out)
+
+    assert out.getvalue().splitlines() == [
+        "queue typo forgotten",
+        "queue typo has no switch to forget",
+    ]
+    assert list(Queue.objects.values_list("name", flat=True)) == ["mail"]
+    listed = StringIO()
+    call_command("klerk_queue", "list", stdout=listed)
+    assert "typo" not in listed.getvalue()
 
 
 @pytest.mark.django_db

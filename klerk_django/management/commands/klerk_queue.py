@@ -28,7 +28,7 @@ class Command(BaseCommand):
         subcommands.add_parser("list", help="Show queues, paused or not.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        action, name = options["action"], options.get("name")
+        action, name = options["action"], options.get("name", "")
         try:
             if action == "list":
                 self._list()

@@ -477,16 +477,28 @@ def test_daylight_checks_in_the_second_pass_enqueue_nothing_twice(declare):
     ]
 
 
+# When the clocks go back in Berlin, New York and Lord Howe (by half an
+# hour there), in UTC.
+FALL_BACKS = [
+    utc(2026, 10, 25, 1),
+    utc(2026, 11, 1, 6),
+    utc(2026, 4, 4, 15),
+]
+
+
 @pytest.mark.django_db
-def test_daylight_of_the_storage_zone_costs_a_utc_schedule_no_tick(declare):
-    # Under USE_TZ = False in Berlin, the ticks of the repeated hour are
-    # stored as wall times that read as earlier than the last tick's.
+@pytest.mark.parametrize(
+    "fall_back", FALL_BACKS, ids=["berlin", "new-york", "lord-howe"]
+)
+def test_daylight_of_the_storage_zone_costs_a_utc_schedule_no_tick(declare, fall_back):
+    # Under USE_TZ = False in such a zone, the ticks of the repeated hour
+    # are stored as wall times that read as earlier than the last tick's.
     declare("*/20 * * * *", timezone="UTC")
+    start = fall_back - timedelta(hours=1, minutes=30)
 
-    walk(utc(2026, 10, 24, 23, 30), utc(2026, 10, 25, 2, 10), timedelta(minutes=1))
+    walk(start, start + timedelta(hours=2, minutes=40), timedelta(minutes=1))
 
-    expected = [utc(2026, 10, 24, 23, 40)]
-    expected += [utc(2026, 10, 25, 0, 0) + timedelta(minutes=20 * n) for n in range(7)]
+    expected = [start + timedelta(minutes=10 + 20 * n) for n in range(8)]
     # Read from the keys: the stored run times of the two passes look alike.
     keys = Job.objects.filter(unique_key__startswith=f"schedule:{NAME}:")
     keys = keys.values_list("unique_key", flat=True)
@@ -528,7 +540,7 @@ def test_daylight_under_both_use_tz_settings_in_berlin(use_tz):
     )
 
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "12 passed" in done.stdout, done.stdout
+    assert "14 passed" in done.stdout, done.stdout
 
 
 # Real worker processes

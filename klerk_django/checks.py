@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -256,20 +257,44 @@ def check_schedules(app_configs: Any = None, **kwargs: Any) -> list[Error]:
 
 @register(Tags.compatibility)
 def check_queue_limits(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    """Report KLERK_QUEUES limits that workers could not enforce."""
-    from .limits import QUEUE_OPTIONS, parse_queues
+    """Report KLERK_QUEUES limits that workers could not enforce, each one."""
+    from .limits import QUEUE_OPTIONS
 
-    value = _value("KLERK_QUEUES")
-    try:
-        parse_queues(value)
-    except ValueError as problem:
-        return [
-            Error(
-                f"KLERK_QUEUES is unusable: {problem}.",
-                hint='Write it as {"mail": {"rate_limit": (10, 60), '
-                '"concurrency_limit": 2}}: at most 10 starts per 60 seconds '
-                f"and 2 running at once; the options are {list(QUEUE_OPTIONS)}.",
-                id="klerk_django.E014",
-            )
-        ]
-    return []
+    hint = (
+        'Write it as {"mail": {"rate_limit": (10, 60), "concurrency_limit": 2}}: '
+        "at most 10 starts per 60 seconds and 2 running at once; the options "
+        f"are {list(QUEUE_OPTIONS)}."
+    )
+    return [
+        Error(
+            f"KLERK_QUEUES is unusable: {problem}.", hint=hint, id="klerk_django.E014"
+        )
+        for problem in queue_limit_problems(_value("KLERK_QUEUES"))
+    ]
+
+
+def queue_limit_problems(value: Any) -> list[str]:
+    """Return every problem of KLERK_QUEUES, not only the first."""
+    from .limits import parse_queues
+
+    # The parser stops at the first problem, so each queue's options are
+    # parsed one at a time; a bad queue name is then found once per option.
+    problems: dict[str, None] = {}
+    for part in _one_option_each(value):
+        try:
+            parse_queues(part)
+        except ValueError as problem:
+            problems[str(problem).removesuffix(".")] = None
+    return list(problems)
+
+
+def _one_option_each(value: Any) -> list[Any]:
+    if not isinstance(value, Mapping):
+        return [value]
+    parts = []
+    for queue, options in value.items():
+        if isinstance(options, Mapping) and options:
+            parts += [{queue: {name: option}} for name, option in options.items()]
+        else:
+            parts.append({queue: options})
+    return parts

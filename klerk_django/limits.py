@@ -271,7 +271,8 @@ def queue_limits() -> dict[str, Limits]:
     try:
         parsed = parse_queues(raw)
     except ValueError as error:
-        raise SettingsError(f"KLERK_QUEUES is unusable: {error}.") from None
+        problem = str(error).removesuffix(".")
+        raise SettingsError(f"KLERK_QUEUES is unusable: {problem}.") from None
     _parsed_queues = (raw, parsed)
     return parsed
 

@@ -45,6 +45,7 @@ INVALID = [
     ("KLERK_DEFAULT_QUEUE", "no spaces", "E010"),
     ("KLERK_DEFAULT_QUEUE", "default\n", "E010"),
     ("KLERK_DEFAULT_QUEUE", None, "E010"),
+    ("KLERK_QUEUES", "mail", "E014"),
 ]
 
 
@@ -68,6 +69,30 @@ def test_invalid_setting_is_an_error_naming_it(settings, name, value, code):
     assert [m.id for m in messages] == [f"klerk_django.{code}"]
     assert name in messages[0].msg
     assert repr(value) in messages[0].msg
+    assert not messages[0].msg.endswith("..")
+
+
+def test_every_problem_of_klerk_queues_is_its_own_error(settings):
+    settings.KLERK_QUEUES = {
+        "mail": {"rate_limit": (0, 60), "concurrency_limit": 100.5},
+        "bad name": {},
+        "sms": {"color": "red"},
+        "fine": {"concurrency_limit": 2},
+        "push": "fast",
+    }
+
+    messages = klerk_messages()
+
+    assert {m.id for m in messages} == {"klerk_django.E014"}
+    texts = [m.msg for m in messages]
+    assert len(texts) == 5, texts
+    assert [text for text in texts if "'mail'" in text and "rate limit" in text]
+    assert [text for text in texts if "'mail'" in text and "100.5" in text]
+    assert [text for text in texts if "'bad name'" in text]
+    assert [text for text in texts if "'sms'" in text and "color" in text]
+    assert [text for text in texts if "'push'" in text and "'fast'" in text]
+    assert not [text for text in texts if "'fine'" in text]
+    assert not [text for text in texts if text.endswith("..")]
 
 
 def test_heartbeat_longer_than_half_the_lease_is_an_error(settings):
@@ -156,3 +181,13 @@ def test_a_worker_on_a_database_without_the_features_refuses_to_start(monkeypatc
 
     with pytest.raises(CommandError, match="The server lacks X."):
         call_command("klerk_worker", "--burst")
+
+
+def test_workers_name_an_unusable_klerk_queues_without_a_double_period(settings):
+    from klerk_django.exceptions import SettingsError
+    from klerk_django.limits import queue_limits
+
+    settings.KLERK_QUEUES = {"mail": {"concurrency_limit": 0}}
+
+    with pytest.raises(SettingsError, match="got 0[.]$"):
+        queue_limits()

@@ -86,8 +86,10 @@ def test_prune_command_reports_and_refuses_bad_ages():
     call_command("klerk_prune", "--older-than-days", "2", stdout=out)
 
     assert out.getvalue().strip() == "deleted jobs=3 attempts=3 actions=2"
-    with pytest.raises(CommandError, match="days must be a number"):
+    with pytest.raises(CommandError, match="^--older-than-days must be a number"):
         call_command("klerk_prune", "--older-than-days", "-1")
+    with pytest.raises(CommandError, match="^--batch-size must be at least 1, got 0"):
+        call_command("klerk_prune", "--older-than-days", "2", "--batch-size", "0")
 
 
 @pytest.mark.django_db

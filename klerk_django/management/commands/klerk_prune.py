@@ -27,17 +27,30 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        days = options["older_than_days"]
+        days, batch_size = options["older_than_days"], options["batch_size"]
+        if batch_size < 1:
+            raise CommandError(f"--batch-size must be at least 1, got {batch_size}.")
         if days is None:
             days = retention.retention_days()
-        if days is None:
-            self.stdout.write("KLERK_RETENTION_DAYS is None: nothing pruned")
-            return
-        try:
-            pruned = retention.prune(days, batch_size=options["batch_size"])
-        except ValueError as error:
-            raise CommandError(str(error)) from None
+            if days is None:
+                self.stdout.write("KLERK_RETENTION_DAYS is None: nothing pruned")
+                return
+        elif not _usable(days):
+            raise CommandError(
+                "--older-than-days must be a number from 0 to "
+                f"{retention.MAX_DAYS}, got {days!r}."
+            )
+
+        pruned = retention.prune(days, batch_size=batch_size)
         self.stdout.write(
             f"deleted jobs={pruned.jobs} attempts={pruned.attempts} "
             f"actions={pruned.actions}"
         )
+
+
+def _usable(days: float) -> bool:
+    try:
+        retention.check_days(days)
+    except ValueError:
+        return False
+    return True

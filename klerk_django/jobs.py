@@ -122,9 +122,11 @@ class JobFunction:
         return f"<JobFunction {self.name}>"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the function here and now, as a worker would.
+        """Call the function here and now, outside any worker.
 
-        Raises SideEffectInCommand inside a command, which must enqueue it.
+        An ``async def`` job returns its coroutine, for the caller to
+        await. Raises SideEffectInCommand inside a command, which must
+        enqueue it.
         """
         guards.refuse_inside_command(
             f"to call the job function {self.name!r} directly",

@@ -46,7 +46,7 @@ def log_in(page, live_server, user):
 
 
 def run_worker_until_idle():
-    """Run a real worker in burst mode until no job is ready or running."""
+    """Run a real worker in burst mode until no job runs and none may start now."""
     process = start_worker("--burst", "--concurrency", "2")
     try:
         process.wait(WORKER_TIMEOUT_SECONDS)

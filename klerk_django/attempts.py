@@ -224,6 +224,10 @@ def _record(claimed: ClaimedJob, worker_id: uuid.UUID, write: Any) -> str | None
     for attempt in range(1, RECORD_TRIES + 1):
         try:
             return str(write())
+        except (ValueError, TypeError) as exc:
+            # Python could not turn the result into JSON (an int longer
+            # than its text limit, say): no retry can help.
+            return _fail_plainly(claimed, worker_id, exc)
         except Error as exc:
             if _is_refused_value(exc):
                 return _fail_plainly(claimed, worker_id, exc)
@@ -347,7 +351,7 @@ def _write_cancelled(
     return JobStatus.CANCELLED
 
 
-def _fail_plainly(claimed: ClaimedJob, worker_id: uuid.UUID, exc: Error) -> str:
+def _fail_plainly(claimed: ClaimedJob, worker_id: uuid.UUID, exc: Exception) -> str:
     error = (
         f"The outcome of attempt {claimed.attempt} could not be stored "
         f"({type(exc).__name__}); see the worker log."

@@ -24,6 +24,9 @@ def main(theirs: Connection, payload: str) -> None:
     # The worker decides when its jobs stop; a Ctrl-C meant for it, sent
     # to the whole process group, must not end the attempt here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A group of its own, so that the processes the job starts can be
+    # ended with it.
+    os.setpgrp()
     try:
         import django
 
@@ -43,7 +46,13 @@ def main(theirs: Connection, payload: str) -> None:
 
     answer = _run_here(json.loads(payload), stop)
     answer["noticed"] = stop.noticed
-    theirs.send_bytes(json.dumps(answer).encode())
+    try:
+        encoded = json.dumps(answer)
+    except ValueError as exc:
+        # A result Python cannot write as JSON (an int past its text
+        # limit): the attempt fails with the reason instead.
+        encoded = json.dumps(_error(exc) | {"noticed": stop.noticed})
+    theirs.send_bytes(encoded.encode())
 
 
 def _run_here(data: dict[str, Any], stop: Any) -> dict[str, Any]:
@@ -105,8 +114,8 @@ def _watch_worker(theirs: Connection, stop: Any) -> None:
             reason = theirs.recv_bytes().decode()
         except (EOFError, OSError):
             # The worker is gone, or answered and closed its end: nobody
-            # waits for this attempt any more.
-            os._exit(1)
+            # waits for this attempt, nor for what it started, any more.
+            os.killpg(0, signal.SIGKILL)
         if reason == "cancel":
             stop.cancel()
         else:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
+import signal
 import threading
 import time
 from dataclasses import asdict
@@ -107,6 +109,7 @@ def end_all(at_once: bool) -> int:
         if child.is_alive():
             child.kill()
         child.join()
+        _end_group(child.pid)
     if children:
         logger.warning("job processes ended on stop count=%s", len(children))
     return len(children)
@@ -170,3 +173,12 @@ def _end(child: Any, at_once: bool) -> None:
     if child.is_alive():
         child.kill()
     child.join()
+    _end_group(child.pid)
+
+
+def _end_group(pid: int) -> None:
+    """Kill what the job process started: its process group, led by it."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing of it is left

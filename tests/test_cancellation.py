@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import uuid
@@ -22,7 +23,14 @@ from klerk_django.models import Attempt, Job, JobStatus
 from tests.test_admin import staff, texts, url
 from tests.testapp.jobs import fail, record
 from tests.testapp.models import Run
-from tests.testapp.stop_jobs import cooperative, in_process, stubborn, ticker
+from tests.testapp.stop_jobs import (
+    cooperative,
+    forker,
+    in_process,
+    short,
+    stubborn,
+    ticker,
+)
 from tests.workers import running_worker, start_worker, stop, wait_for
 
 # Frequent heartbeats, so that a worker sees a request within a second.
@@ -330,3 +338,74 @@ def test_second_stop_signal_kills_a_job_process_at_once(tmp_path):
     assert attempt.outcome == "interrupted"
     last_tick = Run.objects.filter(kind="tick").latest("created_at").created_at
     assert last_tick < attempt.finished_at
+
+
+def grandchildren(key: str) -> list[tuple[int, int]]:
+    found = Run.objects.filter(kind="grandchild", key=key).order_by("attempt")
+    return list(found.values_list("attempt", "pid"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancelled_job_process_takes_its_own_children_along():
+    job = forker.enqueue("cancelled")
+    with running_worker(settings=FAST):
+        ((_, pid),) = wait_for(lambda: grandchildren("cancelled"))
+        cancel_jobs([job.pk])
+        wait_for(lambda: status(job) == JobStatus.CANCELLED)
+
+        wait_for(lambda: not _alive(pid))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_job_process_of_a_killed_worker_runs_again_once_without_leftovers():
+    job = forker.enqueue("killed")
+    with running_worker(settings=FAST) as worker:
+        ((_, first),) = wait_for(lambda: grandchildren("killed"))
+        worker.kill()
+        worker.wait(30)
+        wait_for(lambda: not _alive(first))
+
+    with running_worker(settings=FAST):
+        wait_for(lambda: len(grandchildren("killed")) == 2)
+        cancel_jobs([job.pk])
+        wait_for(lambda: status(job) == JobStatus.CANCELLED)
+
+    ((_, _), (attempt, second)) = grandchildren("killed")
+    assert attempt == 2
+    assert attempts_of(job)[0][:2] == (1, "interrupted")
+    wait_for(lambda: not _alive(second))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancelling_many_jobs_as_four_workers_run_and_finish_them(tmp_path):
+    jobs = [short.enqueue(f"c{n}", 0.02) for n in range(200)]
+    waiting = [cooperative.enqueue(f"w{n}") for n in range(8)]
+    ids = [job.pk for job in jobs + waiting]
+    logs = [tmp_path / f"worker{n}.log" for n in range(4)]
+    with contextlib.ExitStack() as workers:
+        for log in logs:
+            workers.enter_context(
+                running_worker("--concurrency", "3", settings=FAST, log=log)
+            )
+        wait_for(lambda: Run.objects.filter(kind="short").count() >= 20)
+        cancel_jobs(Job.objects.filter(pk__in=ids))
+        final = [JobStatus.SUCCEEDED, JobStatus.CANCELLED]
+        done = Job.objects.filter(pk__in=ids, status__in=final)
+        wait_for(lambda: done.count() == len(ids), timeout=240)
+
+    for log in logs:
+        text = log.read_text()
+        assert "Traceback" not in text and "outcome not" not in text
+    for job in Job.objects.filter(pk__in=ids):
+        recorded = list(
+            Attempt.objects.filter(job_id=job.pk)
+            .order_by("number")
+            .values_list("number", "outcome")
+        )
+        assert [number for number, _ in recorded] == list(range(1, job.attempts + 1))
+        if job.status == JobStatus.SUCCEEDED:
+            assert recorded == [(1, "succeeded")]
+            assert started("short", job.arguments["args"][0]) != []
+        else:
+            assert len(recorded) <= 1
+            assert job.active_unique_key is None

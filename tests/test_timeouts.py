@@ -21,6 +21,8 @@ from tests.testapp.stop_jobs import (
     atomic_writer,
     blocked,
     busy,
+    giant_number,
+    giant_number_child,
     in_process,
     short,
     sleeper,
@@ -262,3 +264,21 @@ def test_exception_without_text_is_recorded_by_its_worker(failing):
     ((number, outcome, error),) = errors(job)
     assert (number, outcome) == (1, "failed")
     assert error.startswith("Unprintable: ")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "giving, reason",
+    [
+        (giant_number, "could not be stored (ValueError)"),
+        (giant_number_child, "ValueError: Exceeds the limit"),
+    ],
+)
+def test_result_that_cannot_become_json_fails_the_attempt_plainly(giving, reason):
+    job = giving.enqueue("giant")
+    with running_worker(settings=FAST):
+        wait_for(lambda: status(job) == JobStatus.FAILED)
+
+    ((number, outcome, error),) = errors(job)
+    assert (number, outcome) == (1, "failed")
+    assert reason in error

@@ -3,12 +3,14 @@
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 
 from asgiref.sync import sync_to_async
 from django.db import transaction
 
-from klerk_django import job, raise_if_cancelled, report_progress
+from klerk_django import current_job, job, raise_if_cancelled, report_progress
 
 from .control_jobs import _mark_elsewhere
 from .jobs import _mark
@@ -153,3 +155,33 @@ def unprintable(key: str) -> None:
 def unprintable_child(key: str) -> None:
     _mark("unprintable_child", key)
     raise Unprintable()
+
+
+@job(name="tests.forker", process=True, backoff_seconds=0.0)
+def forker(key: str) -> str:
+    """Start a grandchild process, note its pid, and wait."""
+    grandchild = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(300)"]
+    )
+    context = current_job()
+    Run.objects.create(
+        kind="grandchild", key=key, pid=grandchild.pid, attempt=context.attempt
+    )
+    deadline = time.monotonic() + LONGEST
+    while time.monotonic() < deadline:
+        raise_if_cancelled()
+        time.sleep(0.05)
+    return "not stopped"
+
+
+@job(name="tests.giant_number", max_attempts=1)
+def giant_number(key: str) -> int:
+    """Return an int too long for Python's own int-to-text conversion."""
+    _mark("giant_number", key)
+    return 10**5000
+
+
+@job(name="tests.giant_number_child", process=True, max_attempts=1)
+def giant_number_child(key: str) -> int:
+    _mark("giant_number_child", key)
+    return 10**5000

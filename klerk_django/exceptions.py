@@ -29,6 +29,14 @@ class EnqueueOptionError(KlerkError, ValueError):
         self.value = value
 
 
+class JobIdError(KlerkError, ValueError):
+    """A job id given to retry or cancel jobs that is no integer."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__(f"job ids must be integers, got {value!r}.")
+        self.value = value
+
+
 class QueueNameError(KlerkError, ValueError):
     """A queue name to pause, resume or forget that no queue may have."""
 

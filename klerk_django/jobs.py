@@ -26,7 +26,13 @@ from django.utils import timezone
 
 from . import arguments, database, guards, limits, retry, scope
 from .conf import settings
-from .exceptions import ArgumentError, EnqueueOptionError, SettingsError, UnknownJob
+from .exceptions import (
+    ArgumentError,
+    EnqueueOptionError,
+    JobIdError,
+    SettingsError,
+    UnknownJob,
+)
 from .limits import ConcurrencyLimit, RateLimit
 from .models import Job, JobStatus
 from .registry import Registry
@@ -559,7 +565,7 @@ def _batches(
     jobs: QuerySet[Job] | Iterable[int], eligible: Q, batch_size: int
 ) -> Iterable[list[int]]:
     if not isinstance(jobs, QuerySet):
-        ids = sorted(set(jobs))
+        ids = sorted(set(map(_job_id, jobs)))
         for start in range(0, len(ids), batch_size):
             yield ids[start : start + batch_size]
         return
@@ -575,6 +581,15 @@ def _batches(
             return
         last_pk = batch[-1]
         yield batch
+
+
+def _job_id(value: Any) -> int:
+    # Checked before any batch runs, so that a bad id changes nothing.
+    if _is_int(value):
+        return int(value)
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    raise JobIdError(value)
 
 
 def _as_timedelta(value: timedelta | float) -> timedelta:

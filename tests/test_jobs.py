@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from klerk_django import attempts, cancel_jobs, job, leases, retry_jobs
-from klerk_django.exceptions import EnqueueOptionError
+from klerk_django.exceptions import EnqueueOptionError, JobIdError
 from klerk_django.models import Attempt, Job, JobStatus
 from tests.testapp import threads
 from tests.testapp.jobs import record
@@ -364,6 +364,28 @@ def test_cancel_jobs_ends_ready_jobs_and_asks_running_ones(one_of_each):
     assert running.cancel_requested_at is not None
     assert Job.objects.get(pk=one_of_each["failed"].pk).status == "failed"
     assert claim() == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("operation", [cancel_jobs, retry_jobs])
+@pytest.mark.parametrize("bad", ["x", None, 1.5, True, "", [3]])
+def test_a_bad_job_id_is_named_and_nothing_changes(one_of_each, operation, bad):
+    before = dict(Job.objects.values_list("pk", "status"))
+    ids = [one_of_each["ready"].pk, one_of_each["failed"].pk, bad]
+
+    with pytest.raises(JobIdError, match="job ids must be integers") as refused:
+        operation(ids)
+
+    assert refused.value.value == bad
+    assert repr(bad) in str(refused.value)
+    assert isinstance(refused.value, ValueError)
+    assert dict(Job.objects.values_list("pk", "status")) == before
+
+
+@pytest.mark.django_db
+def test_job_ids_may_be_given_as_digit_strings(one_of_each):
+    assert cancel_jobs([str(one_of_each["ready"].pk)]) == 1
+    assert retry_jobs([str(one_of_each["failed"].pk)]) == 1
 
 
 @pytest.mark.django_db

@@ -409,3 +409,19 @@ def test_cancelling_many_jobs_as_four_workers_run_and_finish_them(tmp_path):
         else:
             assert len(recorded) <= 1
             assert job.active_unique_key is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_job_process_of_a_dead_worker_cancelled_meanwhile_never_runs_again():
+    job = forker.enqueue("dead")
+    with running_worker(settings=FAST) as worker:
+        ((_, pid),) = wait_for(lambda: grandchildren("dead"))
+        worker.kill()
+        worker.wait(30)
+    cancel_jobs([job.pk])
+    with running_worker(settings=FAST):
+        wait_for(lambda: status(job) == JobStatus.CANCELLED)
+
+    assert len(grandchildren("dead")) == 1
+    assert [outcome for _, outcome, _ in attempts_of(job)] == ["interrupted"]
+    wait_for(lambda: not _alive(pid))

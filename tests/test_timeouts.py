@@ -21,6 +21,7 @@ from tests.testapp.stop_jobs import (
     atomic_writer,
     blocked,
     busy,
+    chatty,
     giant_number,
     giant_number_child,
     in_process,
@@ -29,6 +30,7 @@ from tests.testapp.stop_jobs import (
     swallower,
     unprintable,
     unprintable_child,
+    vanishing,
 )
 from tests.workers import running_worker, wait_for
 
@@ -282,3 +284,31 @@ def test_result_that_cannot_become_json_fails_the_attempt_plainly(giving, reason
     ((number, outcome, error),) = errors(job)
     assert (number, outcome) == (1, "failed")
     assert reason in error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_child_process_that_exits_without_answering_fails_its_attempt():
+    job = vanishing.enqueue("gone")
+    after = in_process.enqueue("after it")
+    with running_worker(settings=FAST):
+        wait_for(lambda: status(job) == JobStatus.FAILED)
+        wait_for(lambda: status(after) == JobStatus.SUCCEEDED)
+
+    assert errors(job) == [
+        (
+            1,
+            "failed",
+            "JobProcessDied: the job's process ended with exit code 0 "
+            "before it answered",
+        )
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_child_process_writing_and_returning_much_succeeds(tmp_path):
+    size = 8 * 1024 * 1024
+    job = chatty.enqueue("loud", size)
+    with running_worker(settings=FAST, log=tmp_path / "worker.log"):
+        wait_for(lambda: status(job) == JobStatus.SUCCEEDED)
+
+    assert len(Job.objects.get(pk=job.pk).result) == size

@@ -185,3 +185,21 @@ def giant_number(key: str) -> int:
 def giant_number_child(key: str) -> int:
     _mark("giant_number_child", key)
     return 10**5000
+
+
+@job(name="tests.vanishing", process=True, max_attempts=1)
+def vanishing(key: str) -> None:
+    """End the child process without a word."""
+    _mark("vanishing", key)
+    os._exit(0)
+
+
+@job(name="tests.chatty", process=True, max_attempts=1)
+def chatty(key: str, size: int) -> str:
+    """Write much to stdout and stderr, and return a large result."""
+    line = "x" * 1023 + "\n"
+    for _ in range(size // 1024):
+        sys.stdout.write(line)
+        sys.stderr.write(line)
+    _mark("chatty", key)
+    return "y" * size

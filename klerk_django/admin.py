@@ -1,12 +1,13 @@
 """Admin pages for jobs, attempts, actions, command records and workers.
 
 Rows are never edited: jobs change state only through the service layer
-(``retry_jobs``, ``cancel_jobs`` and ``enqueue``), which the admin offers
-as actions and as buttons on a job's page, each behind its permission and
-each checked again on the server. Bulk actions, delete included, work from
-the changelist's queryset in keyset chunks, so "select all" across
-thousands of rows never posts one field per row. Besides the lists, the
-job admin serves an overview and a queues page (see ``get_urls``).
+(``retry_jobs``, ``cancellation.cancel`` behind ``cancel_jobs``, and
+``enqueue``), which the admin offers as actions and as buttons on a job's
+page, each behind its permission and each checked again on the server.
+Bulk actions, delete included, work from the changelist's queryset in
+keyset chunks, so "select all" across thousands of rows never posts one
+field per row. Besides the lists, the job admin serves an overview and a
+queues page (see ``get_urls``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.views.decorators.http import require_safe
 
-from . import admin_pages, arguments, database, display, queues, stats
+from . import admin_pages, arguments, cancellation, database, display, queues, stats
 from .admin_lists import (
     AliveFilter,
     CreatedFilter,
@@ -53,7 +54,7 @@ from .admin_lists import (
 from .admin_pages import STATUSES, admin_url, job_list_url
 from .display import EMPTY, badge, folded, pretty_json, relative_html
 from .exceptions import KlerkError
-from .jobs import cancel_jobs, get_job_function, registry, retry_jobs
+from .jobs import get_job_function, registry, retry_jobs
 from .models import Action, Attempt, CommandRecord, Job, JobStatus, Worker
 
 logger = logging.getLogger(__name__)
@@ -300,7 +301,18 @@ class AttemptInline(admin.TabularInline):
         return folded(attempt.traceback, "traceback")
 
 
-JobOperation = Callable[[list[Any]], int]
+# An operation on a chunk of job ids returns how many jobs it changed, and
+# how many of those were running jobs only asked to stop.
+JobOperation = Callable[[list[Any]], tuple[int, int]]
+
+
+def _retry(ids: list[Any]) -> tuple[int, int]:
+    return retry_jobs(ids), 0
+
+
+def _cancel(ids: list[Any]) -> tuple[int, int]:
+    done = cancellation.cancel(ids)
+    return done.ended + done.asked, done.asked
 
 
 @dataclass(frozen=True)
@@ -515,11 +527,11 @@ class JobAdmin(RecordColumns, KlerkAdmin):
 
     @admin.action(permissions=["retry"], description="Retry selected jobs")
     def retry_selected(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        self._run(request, queryset, "retry", retry_jobs)
+        self._run(request, queryset, "retry", _retry)
 
     @admin.action(permissions=["cancel"], description="Cancel selected jobs")
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        self._run(request, queryset, "cancel", cancel_jobs)
+        self._run(request, queryset, "cancel", _cancel)
 
     def _run(
         self,
@@ -534,45 +546,45 @@ class JobAdmin(RecordColumns, KlerkAdmin):
         every job's status, so a job that changed meanwhile is skipped. A
         database error stops the run and is reported with what changed.
         """
-        changed, before, error = 0, {}, None
+        changed, asked, before, error = 0, 0, {}, None
         try:
             before = _count_by_status(queryset)
             for chunk in keyset_chunks(queryset, OPERATION_CHUNK_SIZE):
-                changed += function(chunk)
+                chunk_changed, chunk_asked = function(chunk)
+                changed += chunk_changed
+                asked += chunk_asked
         except DatabaseError as exc:
             error = exc
             logger.exception("admin %s stopped changed=%s", operation, changed)
 
         skipped = max(sum(before.values()) - changed, 0)
         logger.info(
-            "jobs %s from the admin count=%s skipped=%s user=%s",
+            "jobs %s from the admin count=%s asked_to_stop=%s skipped=%s user=%s",
             OPERATIONS[operation].done.lower(),
             changed,
+            asked,
             skipped,
             request.user.pk,
         )
-        self._report(request, operation, changed, before, error)
+        self._report(request, operation, (changed, asked), before, error)
 
     def _report(
         self,
         request: HttpRequest,
         operation: str,
-        changed: int,
+        counts: tuple[int, int],
         before: dict[str, int],
         error: Exception | None = None,
     ) -> None:
         chosen = OPERATIONS[operation]
-        text = f"{chosen.done} {changed} {model_ngettext(self.opts, changed)}."
+        changed, asked = counts
+        texts = [_done_text(chosen.done, changed - asked, asked, self.opts)]
         reasons = _skipped_reasons(before, chosen.statuses, changed)
         if reasons:
             skipped = sum(count for count, _ in reasons)
             listed = ", ".join(f"{count} {label}" for count, label in reasons)
-            text += f" Skipped {skipped}: {chosen.skip_reason} ({listed})."
-        if operation == "cancel" and before.get(JobStatus.RUNNING) and changed:
-            text += (
-                " Running jobs were asked to stop; they end cancelled once "
-                "their worker sees the request."
-            )
+            texts.append(f"Skipped {skipped}: {chosen.skip_reason} ({listed}).")
+        text = " ".join(part for part in texts if part)
         if error is not None:
             text += f" Stopped by a database error: {error}"
             self.message_user(request, text, messages.ERROR)
@@ -626,11 +638,11 @@ class JobAdmin(RecordColumns, KlerkAdmin):
 
     def retry_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Retry one job; POST only, with the retry permission."""
-        return self._operation_view(request, object_id, "retry", retry_jobs)
+        return self._operation_view(request, object_id, "retry", _retry)
 
     def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Cancel one job; POST only, with the cancel permission."""
-        return self._operation_view(request, object_id, "cancel", cancel_jobs)
+        return self._operation_view(request, object_id, "cancel", _cancel)
 
     def _operation_view(
         self,
@@ -643,9 +655,9 @@ class JobAdmin(RecordColumns, KlerkAdmin):
         if isinstance(job, HttpResponse):
             return job
 
-        changed, error = 0, None
+        changed, asked, error = 0, 0, None
         try:
-            changed = function([job.pk])
+            changed, asked = function([job.pk])
         except DatabaseError as exc:
             error = exc
             logger.exception("admin %s failed job_id=%s", operation, job.pk)
@@ -657,7 +669,7 @@ class JobAdmin(RecordColumns, KlerkAdmin):
             changed,
             request.user.pk,
         )
-        self._report(request, operation, changed, {job.status: 1}, error)
+        self._report(request, operation, (changed, asked), {job.status: 1}, error)
         return HttpResponseRedirect(admin_url(Job, "change", job.pk))
 
     def copy_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
@@ -809,6 +821,23 @@ def enqueue_copy(job: Job) -> Job:
 def _count_by_status(queryset: QuerySet[Job]) -> dict[str, int]:
     rows = queryset.order_by().values("status").annotate(count=Count("pk"))
     return {row["status"]: row["count"] for row in rows}
+
+
+def _done_text(done: str, finished: int, asked: int, opts: Any) -> str:
+    """Say what an operation did; running jobs asked to stop are apart."""
+    # A running job asked to stop is not cancelled until its worker sees
+    # the request, so it is not counted as done.
+    texts = []
+    if finished or not asked:
+        texts.append(f"{done} {finished} {model_ngettext(opts, finished)}.")
+    if asked:
+        one = asked == 1
+        texts.append(
+            f"Asked {asked} running {model_ngettext(opts, asked)} to stop; "
+            f"{'it ends' if one else 'they end'} cancelled once "
+            f"{'its' if one else 'their'} worker sees the request."
+        )
+    return " ".join(texts)
 
 
 def _skipped_reasons(

@@ -284,6 +284,29 @@ def test_cancel_action_reports_changed_and_skipped(admin_client, world):
     assert texts(response) == [message]
 
 
+def test_cancel_reports_running_jobs_as_asked_to_stop_not_cancelled(admin_client):
+    running = enqueue("running", status="running", attempts=1)
+    ready = enqueue("ready")
+    data = {
+        "action": "cancel_selected",
+        "index": "0",
+        "_selected_action": [running.pk, ready.pk],
+    }
+
+    button = admin_client.post(url(Job, "cancel", running.pk))
+    action = admin_client.post(url(Job, "changelist"), data)
+
+    assert texts(button) == [
+        "Asked 1 running job to stop; it ends cancelled once its worker sees "
+        "the request."
+    ]
+    assert texts(action)[-1] == (
+        "Cancelled 1 job. Asked 1 running job to stop; it ends cancelled once "
+        "its worker sees the request."
+    )
+    assert statuses(pk__in=[running.pk, ready.pk]) == ["cancelled", "running"]
+
+
 def test_viewer_sees_the_list_without_retry_or_cancel(world):
     response = viewer().get(url(Job, "changelist"))
 

@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from klerk_django import display, stats
+from klerk_django import cancellation, display, stats
 from klerk_django.admin import JobAdmin
 from klerk_django.admin_lists import COUNT_CAP
 from klerk_django.models import Attempt, Job, Worker
@@ -405,15 +405,15 @@ def test_bulk_action_stopped_by_the_database_reports_instead_of_failing(
     data["_selected_action"] = [Job.objects.first().pk]
     calls = []
 
+    cancel = cancellation.cancel
+
     def flaky(ids):
         calls.append(len(ids))
         if len(calls) == 2:
             raise OperationalError("lock wait timeout exceeded")
-        from klerk_django.jobs import cancel_jobs
+        return cancel(ids)
 
-        return cancel_jobs(ids)
-
-    with mock.patch("klerk_django.admin.cancel_jobs", flaky):
+    with mock.patch("klerk_django.cancellation.cancel", flaky):
         response = admin_client.post(f"{url(Job, 'changelist')}?queue=mix", data)
 
     assert response.status_code == 302

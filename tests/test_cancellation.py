@@ -166,8 +166,8 @@ def test_admin_cancel_button_asks_a_running_job_to_stop():
         response = operator.post(url(Job, "cancel", job.pk))
 
         assert texts(response) == [
-            "Cancelled 1 job. Running jobs were asked to stop; they end "
-            "cancelled once their worker sees the request."
+            "Asked 1 running job to stop; it ends cancelled once its worker "
+            "sees the request."
         ]
         wait_for(lambda: status(job) == JobStatus.CANCELLED)
 

@@ -122,10 +122,7 @@ def _wait(child: Any, ours: Connection, timeout: float | None, stop: Stop) -> An
         if ours in ready or ours.poll():
             return _answer(ours, child, stop)
         if child.sentinel in ready:
-            raise JobProcessFailed(
-                f"JobProcessDied: the job's process ended with exit code "
-                f"{child.exitcode} before it answered"
-            )
+            raise _died(child)
         if stop.cancelled:
             _stop(child, ours, "cancel")
             raise JobCancelled("cancelled while running")
@@ -139,17 +136,23 @@ def _answer(ours: Connection, child: Any, stop: Stop) -> Any:
     try:
         answer = json.loads(ours.recv_bytes())
     except EOFError:
-        child.join(KILL_GRACE_SECONDS)
-        raise JobProcessFailed(
-            f"JobProcessDied: the job's process ended with exit code "
-            f"{child.exitcode} before it answered"
-        ) from None
+        raise _died(child) from None
     if answer.get("noticed"):
         stop.cancel()
         stop.noticed = True
     if "error" in answer:
         raise JobProcessFailed(answer["error"], answer["traceback"])
     return answer["result"]
+
+
+def _died(child: Any) -> JobProcessFailed:
+    # A process closes its files, the sentinel among them, a moment before
+    # its exit code can be read.
+    child.join(KILL_GRACE_SECONDS)
+    return JobProcessFailed(
+        f"JobProcessDied: the job's process ended with exit code "
+        f"{child.exitcode} before it answered"
+    )
 
 
 def _stop(child: Any, ours: Connection, reason: str) -> None:

@@ -14,10 +14,12 @@ from klerk_django.exceptions import EnqueueOptionError
 from klerk_django.jobs import job
 from klerk_django.models import Attempt, Job, JobStatus
 from klerk_django.testing import run_jobs
+from tests.testapp.control_jobs import async_record
 from tests.testapp.jobs import record
 from tests.testapp.models import Run
 from tests.testapp.stop_jobs import (
     async_sleeper,
+    async_stubborn,
     atomic_writer,
     blocked,
     busy,
@@ -312,3 +314,16 @@ def test_child_process_writing_and_returning_much_succeeds(tmp_path):
         wait_for(lambda: status(job) == JobStatus.SUCCEEDED)
 
     assert len(Job.objects.get(pk=job.pk).result) == size
+
+
+@pytest.mark.django_db(transaction=True)
+def test_async_job_ignoring_its_cancelled_task_is_stopped_in_its_thread():
+    job = async_stubborn.using(timeout=0.5).enqueue("stubborn")
+    after = async_record.enqueue("after")
+    with running_worker("--concurrency", "1", settings=FAST):
+        wait_for(lambda: status(job) == JobStatus.FAILED)
+        wait_for(lambda: status(after) == JobStatus.SUCCEEDED)
+
+    assert errors(job) == [
+        (1, "failed", "JobTimeout: attempt 1 ran past its 0.5 s time limit")
+    ]

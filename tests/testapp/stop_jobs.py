@@ -203,3 +203,16 @@ def chatty(key: str, size: int) -> str:
         sys.stderr.write(line)
     _mark("chatty", key)
     return "y" * size
+
+
+@job(name="tests.async_stubborn", backoff_seconds=0.0, max_attempts=1)
+async def async_stubborn(key: str) -> str:
+    """Shrug off the task's cancellation and keep the event loop busy."""
+    deadline = time.monotonic() + LONGEST
+    while time.monotonic() < deadline:
+        try:
+            await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            pass
+        time.sleep(0.01)
+    return "ran to the end"

@@ -7,6 +7,7 @@ are only the figures they show, gathered by ``stats``, and the URLs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,6 +24,14 @@ from .jobs import registry
 from .models import Job, JobStatus, Worker
 
 STATUSES = [status.value for status in JobStatus]
+# The overview's columns: its ready jobs split, as on the queues page, into
+# those due now and those due later.
+SCHEDULED = "scheduled"
+COLUMNS = [
+    name
+    for status in STATUSES
+    for name in ([status, SCHEDULED] if status == JobStatus.READY else [status])
+]
 
 
 def admin_url(model: type[models.Model], view: str, *args: Any) -> str:
@@ -47,7 +56,7 @@ def overview_context() -> dict[str, Any]:
     workers = stats.live_workers()
 
     rows = [
-        _overview_row(queue, counts.get(queue, {}), queues.get(queue), now)
+        _overview_row(queue, _split(counts.get(queue, {}), queues.get(queue)), now)
         for queue in sorted(set(counts) | set(queues))
     ]
     lags = [row["lag"] for row in rows if row["lag"] is not None]
@@ -55,8 +64,8 @@ def overview_context() -> dict[str, Any]:
     return {
         "title": "Jobs overview",
         "rows": rows,
-        "totals": _totals(counts),
-        "statuses": STATUSES,
+        "totals": _totals(row["counts"] for row in rows),
+        "columns": COLUMNS,
         "chart": display.minute_chart(series),
         "failure_rate": display.EMPTY if rate is None else f"{rate:.1%}",
         "ended": sum(series.succeeded) + sum(series.failed),
@@ -123,20 +132,29 @@ def registered_queues() -> list[str]:
     return [default if queue is None else queue for queue in queues]
 
 
+def _split(
+    counts: dict[str, int], waiting: stats.QueueStats | None
+) -> tuple[dict[str, int], stats.QueueStats | None]:
+    """Return ``counts`` with ready jobs due later counted as scheduled."""
+    # Both figures come from queries already made, so the split costs none.
+    ready, scheduled = (waiting.ready, waiting.scheduled) if waiting else (0, 0)
+    return {**counts, JobStatus.READY.value: ready, SCHEDULED: scheduled}, waiting
+
+
 def _overview_row(
     queue: str,
-    counts: dict[str, int],
-    waiting: stats.QueueStats | None,
+    split: tuple[dict[str, int], stats.QueueStats | None],
     now: datetime,
 ) -> dict[str, Any]:
+    counts, waiting = split
     cells = [
-        (counts.get(status, 0), job_list_url(queue=queue, status__exact=status))
-        for status in STATUSES
+        (counts.get(column, 0), _column_url(column, queue=queue)) for column in COLUMNS
     ]
     lag = waiting.lag(now) if waiting else None
     return {
         "queue": queue,
         "url": job_list_url(queue=queue),
+        "counts": counts,
         "cells": cells,
         "total": sum(counts.values()),
         "lag": lag,
@@ -144,17 +162,22 @@ def _overview_row(
     }
 
 
+def _column_url(column: str, **filters: Any) -> str:
+    # The job list has no filter on due time: scheduled jobs are among the
+    # ready ones there.
+    status = JobStatus.READY.value if column == SCHEDULED else column
+    return job_list_url(**filters, status__exact=status)
+
+
 def _lag_text(lag: timedelta | None) -> str:
     return display.EMPTY if lag is None else display.span(lag)
 
 
-def _totals(counts: dict[str, dict[str, int]]) -> list[tuple[int, str]]:
+def _totals(counts: Iterable[dict[str, int]]) -> list[tuple[int, str]]:
+    rows = list(counts)
     return [
-        (
-            sum(row.get(status, 0) for row in counts.values()),
-            job_list_url(status__exact=status),
-        )
-        for status in STATUSES
+        (sum(row.get(column, 0) for row in rows), _column_url(column))
+        for column in COLUMNS
     ]
 
 

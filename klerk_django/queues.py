@@ -12,24 +12,28 @@ import logging
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q
 
-from . import database, notify
+from . import database, notify, stats
 from .exceptions import EnqueueOptionError, QueueNameError
 from .jobs import JobOptions, validate_options
-from .models import Job, JobStatus, Queue
+from .models import Queue
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class QueueState:
-    """A queue's switch and how many of its jobs are ready or running."""
+    """A queue's switch and how many of its jobs wait or run.
+
+    ``ready`` jobs are due now; ``scheduled`` ones are ready but due later,
+    as on the admin's queues page.
+    """
 
     name: str
     paused: bool
     ready: int
     running: int
+    scheduled: int = 0
 
 
 def pause_queue(name: str) -> None:
@@ -78,24 +82,19 @@ def paused_queues() -> list[str]:
 
 def queue_states() -> list[QueueState]:
     """Return every queue that has a switch or ready or running jobs."""
-    db = database.alias()
-    counts = (
-        Job.objects.using(db)
-        .filter(status__in=[JobStatus.READY, JobStatus.RUNNING])
-        .values("queue")
-        .annotate(
-            ready=Count("pk", filter=Q(status=JobStatus.READY)),
-            running=Count("pk", filter=Q(status=JobStatus.RUNNING)),
-        )
-        .order_by()
-    )
-    by_name = {row["queue"]: (row["ready"], row["running"]) for row in counts}
+    by_name = {row.queue: row for row in stats.queue_stats()}
     paused = set(paused_queues())
-    switches = Queue.objects.using(db).values_list("name", flat=True)
-    names = sorted(set(by_name) | set(switches))
+    switches = Queue.objects.using(database.alias()).values_list("name", flat=True)
     return [
-        QueueState(name, name in paused, *by_name.get(name, (0, 0))) for name in names
+        _state(name, name in paused, by_name.get(name))
+        for name in sorted(set(by_name) | set(switches))
     ]
+
+
+def _state(name: str, paused: bool, jobs: stats.QueueStats | None) -> QueueState:
+    if jobs is None:
+        return QueueState(name, paused, 0, 0)
+    return QueueState(name, paused, jobs.ready, jobs.running, jobs.scheduled)
 
 
 def _check_name(name: str) -> None:

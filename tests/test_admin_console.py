@@ -77,10 +77,28 @@ def test_overview_counts_jobs_by_queue_and_status(admin_client):
 
     assert response.status_code == 200
     rows = {row["queue"]: row for row in response.context["rows"]}
-    assert [count for count, _ in rows["mail"]["cells"]] == [2, 0, 0, 3, 0]
+    assert [count for count, _ in rows["mail"]["cells"]] == [2, 0, 0, 0, 3, 0]
     assert rows["reports"]["total"] == 1
-    assert [count for count, _ in response.context["totals"]] == [2, 0, 1, 3, 0]
-    assert "status__exact=failed" in rows["mail"]["cells"][3][1]
+    assert [count for count, _ in response.context["totals"]] == [2, 0, 0, 1, 3, 0]
+    assert "status__exact=failed" in rows["mail"]["cells"][4][1]
+
+
+def test_overview_splits_ready_jobs_due_now_from_scheduled_ones(admin_client):
+    bulk(2, queue="mail", status="ready")
+    bulk(1, queue="mail", status="ready", run_after=timezone.now() + timedelta(hours=1))
+    bulk(
+        1, queue="later", status="ready", run_after=timezone.now() + timedelta(days=21)
+    )
+
+    response = admin_client.get(reverse(OVERVIEW))
+
+    assert response.context["columns"][:3] == ["ready", "scheduled", "running"]
+    rows = {row["queue"]: row for row in response.context["rows"]}
+    assert [count for count, _ in rows["mail"]["cells"]][:2] == [2, 1]
+    assert [count for count, _ in rows["later"]["cells"]][:2] == [0, 1]
+    assert (rows["mail"]["total"], rows["later"]["total"]) == (3, 1)
+    assert [count for count, _ in response.context["totals"]][:2] == [2, 2]
+    assert response.context["ready_now"] == 2
 
 
 def test_overview_charts_the_last_hour_per_minute(admin_client):

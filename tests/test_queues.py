@@ -117,7 +117,13 @@ def test_command_pauses_resumes_and_lists():
 
     call_command("klerk_queue", "list", stdout=out)
 
-    assert out.getvalue().split() == ["mail", "paused", "ready=1", "running=0"]
+    assert out.getvalue().split() == [
+        "mail",
+        "paused",
+        "ready=1",
+        "scheduled=0",
+        "running=0",
+    ]
     call_command("klerk_queue", "resume", "mail", stdout=StringIO())
     assert paused_queues() == []
 
@@ -137,3 +143,21 @@ def test_worker_leaves_a_paused_queue_alone_and_runs_it_once_resumed():
 
         resume_queue("slow")
         wait_for(lambda: Run.objects.filter(key="held").exists())
+
+
+@pytest.mark.django_db
+def test_list_counts_jobs_due_later_as_scheduled_not_ready():
+    record.using(queue="mail").enqueue("now")
+    record.using(queue="mail", delay=3600).enqueue("in an hour")
+    record.using(queue="mail", delay=21 * 86400).enqueue("in three weeks")
+    out = StringIO()
+
+    call_command("klerk_queue", "list", stdout=out)
+
+    assert out.getvalue().split() == [
+        "mail",
+        "active",
+        "ready=1",
+        "scheduled=2",
+        "running=0",
+    ]

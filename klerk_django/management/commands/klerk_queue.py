@@ -66,5 +66,5 @@ class Command(BaseCommand):
             switch = "paused" if state.paused else "active"
             self.stdout.write(
                 f"{state.name:<{width}}  {switch:<6}  ready={state.ready} "
-                f"running={state.running}"
+                f"scheduled={state.scheduled} running={state.running}"
             )

@@ -370,12 +370,12 @@ class JobAdmin(RecordColumns, KlerkAdmin):
         "name",
         "queue",
         "status_badge",
-        "priority",
         "attempts_used",
-        "created",
         "due",
         "finished",
     ]
+    # Priority and creation time are left to the job's page, so the list
+    # fits a laptop's window beside the filters; ids follow creation.
     list_display_links = ["id", "name"]
     list_filter = [
         "status",
@@ -1069,17 +1069,18 @@ def created_links(
 class WorkerAdmin(KlerkAdmin):
     """Worker processes: alive or gone, and the jobs each runs now."""
 
+    # Host and process id, and running jobs of the concurrency, share a
+    # column each, as on the overview, and the stop time is left to the
+    # worker's page (the alive column and filter tell gone workers), so the
+    # list fits a laptop's window beside the filters.
     list_display = [
         "name",
         "alive",
-        "hostname",
-        "pid",
+        "host",
         "queue_names",
-        "concurrency",
-        "current_jobs",
+        "running_of_concurrency",
         "heartbeat",
         "started",
-        "stopped",
     ]
     list_filter = [AliveFilter, ("hostname", KnownValuesFilter)]
     search_fields = ["name", "hostname"]
@@ -1112,6 +1113,14 @@ class WorkerAdmin(KlerkAdmin):
     def alive(self, worker: Worker) -> bool:
         return is_alive(worker)
 
+    @admin.display(description="host", ordering="hostname")
+    def host(self, worker: Worker) -> str:
+        return f"{worker.hostname}:{worker.pid}"
+
+    @admin.display(description="running", ordering="running_jobs")
+    def running_of_concurrency(self, worker: Worker) -> str:
+        return format_html("{} of {}", self.current_jobs(worker), worker.concurrency)
+
     @admin.display(description="current jobs", ordering="running_jobs")
     def current_jobs(self, worker: Worker) -> str:
         url = job_list_url(worker_id=worker.pk, status__exact="running")
@@ -1119,17 +1128,13 @@ class WorkerAdmin(KlerkAdmin):
         running = getattr(worker, "running_jobs", 0)
         return format_html('<a href="{}">{}</a>', url, running)
 
-    @admin.display(description="last heartbeat", ordering="last_heartbeat_at")
+    @admin.display(description="heartbeat", ordering="last_heartbeat_at")
     def heartbeat(self, worker: Worker) -> str:
         return relative_html(worker.last_heartbeat_at)
 
     @admin.display(description="started", ordering="started_at")
     def started(self, worker: Worker) -> str:
         return relative_html(worker.started_at)
-
-    @admin.display(description="stopped", ordering="stopped_at")
-    def stopped(self, worker: Worker) -> str:
-        return relative_html(worker.stopped_at)
 
 
 def is_alive(worker: Worker) -> bool:

@@ -46,7 +46,7 @@ def log_in(page, live_server, user):
 
 
 def run_worker_until_idle():
-    """Run a real worker in burst mode until no job runs and none may start now."""
+    """Run a real worker in burst mode until no job runs or may start now."""
     process = start_worker("--burst", "--concurrency", "2")
     try:
         process.wait(WORKER_TIMEOUT_SECONDS)
@@ -178,3 +178,27 @@ def test_view_only_user_sees_no_retry(page, live_server, viewer):
     assert page.get_by_role("button", name="Enqueue a copy").count() == 0
     page.goto(f"{live_server.url}/admin/klerk_django/job/overview/")
     assert page.locator("svg.klerk-chart").count() == 1
+
+
+@pytest.mark.parametrize("address", ["job", "worker"])
+def test_the_job_and_worker_lists_fit_a_1400_pixel_window(
+    page, live_server, operator, address
+):
+    seed_last_hour(timezone.now())
+    Worker.objects.create(
+        name="worker-app-1-4242-payments",
+        hostname="app-server-1.internal.example",
+        pid=424242,
+        queues=["payments", "mail", "reports"],
+        concurrency=8,
+    )
+    page.set_viewport_size({"width": 1400, "height": 900})
+    log_in(page, live_server, operator)
+
+    page.goto(f"{live_server.url}/admin/klerk_django/{address}/")
+
+    page.wait_for_selector("#result_list")
+    # The admin scrolls a wide table inside its box, not the page.
+    box = page.locator(".results")
+    width, shown = box.evaluate("box => [box.scrollWidth, box.clientWidth]")
+    assert width <= shown, f"the {address} list is {width} px wide in {shown} px"

@@ -1,9 +1,12 @@
 """Calling job and action functions, plain or ``async def``.
 
 A coroutine function runs to its end in a new event loop on the calling
-thread (``asyncio.run``), so a worker's job thread or an action thread
-treats it like any other call: it returns a value or raises. With a time
-limit, the coroutine's task is cancelled once the limit has passed.
+thread, as with ``asyncio.run``, so a worker's job thread or an action
+thread treats it like any other call: it returns a value or raises. With a
+time limit, the coroutine's task is cancelled once the limit has passed.
+Unlike ``asyncio.run``, closing the loop waits only a short while for
+tasks left over: one that ignores its cancellation must not hold the
+thread for ever once the time limit has stopped the call.
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .exceptions import JobTimeout
+
+# How long tasks left over when the call ends may take to end once
+# cancelled, before the loop is closed without them.
+CLOSE_GRACE_SECONDS = 2.0
 
 
 def call(
@@ -30,8 +37,32 @@ def call(
     """
     value = target(*args, **kwargs)
     if inspect.isawaitable(value):
-        return asyncio.run(_awaited(value, timeout, on_timeout))
+        return _run(_awaited(value, timeout, on_timeout))
     return value
+
+
+def _run(coroutine: Any) -> Any:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        try:
+            _close(loop)
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _close(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel the tasks left over and let them end, for a short while."""
+    left = asyncio.all_tasks(loop)
+    for task in left:
+        task.cancel()
+    if left:
+        loop.run_until_complete(asyncio.wait(left, timeout=CLOSE_GRACE_SECONDS))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.run_until_complete(loop.shutdown_default_executor())
 
 
 def described(exc: BaseException) -> str:

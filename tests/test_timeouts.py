@@ -317,10 +317,11 @@ def test_child_process_writing_and_returning_much_succeeds(tmp_path):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_async_job_ignoring_its_cancelled_task_is_stopped_in_its_thread():
+def test_async_job_ignoring_its_cancelled_task_is_stopped_in_its_thread(tmp_path):
     job = async_stubborn.using(timeout=0.5).enqueue("stubborn")
     after = async_record.enqueue("after")
-    with running_worker("--concurrency", "1", settings=FAST):
+    log = tmp_path / "worker.log"
+    with running_worker("--concurrency", "1", settings=FAST, log=log):
         wait_for(lambda: status(job) == JobStatus.FAILED)
         wait_for(lambda: status(after) == JobStatus.SUCCEEDED)
 

@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import logging
 import threading
+from collections.abc import Collection
 
 from django.db import connections
 
@@ -53,11 +54,19 @@ class ThreadLimit:
         self.thread_id = 0
         self.ended = False
         self.raised = False
+        self.outer: set[str] = set()
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
 
     def __enter__(self) -> ThreadLimit:
         self.thread_id = threading.get_ident()
+        # A transaction the caller holds, as a test calling run_jobs does,
+        # is the caller's to end; a worker's job thread holds none.
+        self.outer = {
+            conn.alias
+            for conn in connections.all(initialized_only=True)
+            if conn.in_atomic_block
+        }
         self._timer = threading.Timer(self.seconds + self.grace, self._expire)
         self._timer.daemon = True
         self._timer.name = "klerk-time-limit"
@@ -75,7 +84,7 @@ class ThreadLimit:
         finally:
             # Even an exception withdrawn here may have struck first.
             if self.raised:
-                replace_connections()
+                replace_connections(keep=self.outer)
 
     def _expire(self) -> None:
         with self._lock:
@@ -102,7 +111,7 @@ def limit(
     return ThreadLimit(seconds, stop, grace, job_id)
 
 
-def replace_connections() -> None:
+def replace_connections(keep: Collection[str] = ()) -> None:
     """Close this thread's database connections; its next query opens anew.
 
     An exception raised in the thread may have struck inside a database
@@ -111,8 +120,11 @@ def replace_connections() -> None:
     ended. Neither the worker's outcome write nor the thread's next job
     may inherit it, and closing it in the ordinary way may fail on that
     very state, so the raw connection is closed and the wrapper dropped.
+    Those of the aliases in ``keep`` are left alone.
     """
     for conn in connections.all(initialized_only=True):
+        if conn.alias in keep:
+            continue
         raw = conn.connection
         del connections[conn.alias]
         if raw is None:

@@ -328,3 +328,13 @@ def test_async_job_ignoring_its_cancelled_task_is_stopped_in_its_thread(tmp_path
     assert errors(job) == [
         (1, "failed", "JobTimeout: attempt 1 ran past its 0.5 s time limit")
     ]
+
+
+@pytest.mark.django_db
+def test_time_limit_under_run_jobs_keeps_the_test_transaction():
+    job = busy.using(timeout=0.2, max_attempts=1).enqueue("in a test")
+
+    (result,) = run_jobs()
+
+    assert result.status == JobStatus.FAILED
+    assert Job.objects.get(pk=job.pk).status == JobStatus.FAILED

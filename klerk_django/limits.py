@@ -583,10 +583,14 @@ def _start_within_limits(
         ready = _still_ready([c.id for c in candidates], now)
         live = [c for c in candidates if c.id in ready]
         used, oldest = _used(plan, live, now)
-        started, held_back = _admit(live, used, oldest, free, now)
+        # The clock again, after the count: a job that finished during
+        # the count then ends no later than these jobs start, in the
+        # stored times as in fact.
+        start = database.current_time(conn) if live else now
+        started, held_back = _admit(live, used, oldest, free, start)
 
-        rows = _start(started, worker_id, now, lease_seconds, returned)
-        _record_starts(started, {row[0] for row in rows}, now)
+        rows = _start(started, worker_id, start, lease_seconds, returned)
+        _record_starts(started, {row[0] for row in rows}, start)
         _hold_back(held_back)
     return rows
 

@@ -20,6 +20,7 @@ from klerk_django import (
 )
 from klerk_django.cancellation import Stop
 from klerk_django.models import Attempt, Job, JobStatus
+from tests.job_state import status
 from tests.test_admin import staff, texts, url
 from tests.testapp.jobs import fail, record
 from tests.testapp.models import Run
@@ -31,18 +32,7 @@ from tests.testapp.stop_jobs import (
     stubborn,
     ticker,
 )
-from tests.workers import running_worker, start_worker, stop, wait_for
-
-# Frequent heartbeats, so that a worker sees a request within a second.
-FAST = {
-    "KLERK_LEASE_SECONDS": 6,
-    "KLERK_HEARTBEAT_SECONDS": 1,
-    "KLERK_RECOVERY_SECONDS": 1,
-}
-
-
-def status(job: Job) -> str:
-    return Job.objects.get(pk=job.pk).status
+from tests.workers import FAST, running_worker, start_worker, stop, wait_for
 
 
 def started(kind: str, key: str) -> list[int]:

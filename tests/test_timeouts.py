@@ -14,6 +14,7 @@ from klerk_django.exceptions import EnqueueOptionError
 from klerk_django.jobs import job
 from klerk_django.models import Attempt, Job, JobStatus
 from klerk_django.testing import run_jobs
+from tests.job_state import status
 from tests.testapp.control_jobs import async_record
 from tests.testapp.jobs import record
 from tests.testapp.models import Run
@@ -34,17 +35,7 @@ from tests.testapp.stop_jobs import (
     unprintable_child,
     vanishing,
 )
-from tests.workers import running_worker, wait_for
-
-FAST = {
-    "KLERK_LEASE_SECONDS": 6,
-    "KLERK_HEARTBEAT_SECONDS": 1,
-    "KLERK_RECOVERY_SECONDS": 1,
-}
-
-
-def status(job: Job) -> str:
-    return Job.objects.get(pk=job.pk).status
+from tests.workers import FAST, running_worker, wait_for
 
 
 def errors(job: Job) -> list[tuple[int, str, str]]:

@@ -17,6 +17,14 @@ from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Frequent heartbeats and a short lease, so that a worker passes a cancel
+# request on, and notices a stuck job, within a second or two.
+FAST = {
+    "KLERK_LEASE_SECONDS": 6,
+    "KLERK_HEARTBEAT_SECONDS": 1,
+    "KLERK_RECOVERY_SECONDS": 1,
+}
+
 
 def worker_env(settings: dict[str, Any] | None = None) -> dict[str, str]:
     env = dict(os.environ)

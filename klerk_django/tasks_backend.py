@@ -29,7 +29,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from traceback import format_exception
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings as django_settings
 from django.db import transaction
@@ -183,8 +183,8 @@ class KlerkBackend(BaseTaskBackend):
         self.validate_task(task)
         function = TaskJob(task, self._checked_options(task))
 
-        stored_args: list[Any] = normalize_json(args)  # type: ignore[assignment]
-        stored_kwargs: dict[str, Any] = normalize_json(kwargs)  # type: ignore[assignment]
+        stored_args = cast(list[Any], normalize_json(args))
+        stored_kwargs = cast(dict[str, Any], normalize_json(kwargs))
         job = function.enqueue(*stored_args, **stored_kwargs)
 
         result = _result(job, [], task, self.alias)

@@ -40,7 +40,6 @@ class Stop:
     """
 
     def __init__(self) -> None:
-        self.requested = threading.Event()
         self.reason = ""
         # Whether the job saw the cancellation, by checking or raising.
         self.noticed = False
@@ -63,7 +62,6 @@ class Stop:
             if self.reason:
                 return False
             self.reason = reason
-        self.requested.set()
         return True
 
     @property
@@ -106,7 +104,7 @@ def cancel_requested(refresh: bool = False) -> bool:
     stop = _stop.get()
     if stop is None:
         return False
-    if refresh and not stop.requested.is_set() and _asked_in_database():
+    if refresh and not stop.reason and _asked_in_database():
         stop.cancel()
     if stop.cancelled:
         stop.noticed = True

@@ -430,22 +430,22 @@ def _advance(
     the same state, the second one's UPDATE changes nothing. With ``tick``
     it also records the tick, and only forwards.
     """
-    guard = Q(name=state.name)
-    if state.next_tick_at is None:
-        guard &= Q(next_tick_at__isnull=True)
-    else:
-        guard &= Q(next_tick_at=state.next_tick_at)
+    guard = Q(name=state.name) & _as_read("next_tick_at", state.next_tick_at)
     changes = {"next_tick_at": _stored(next_tick), "updated_at": _stored(now)}
     if tick is not None:
         if not _after_last(tick, state.last_tick_at):
             return False
         # The row as read, so that "after" was decided on what is stored.
-        if state.last_tick_at is None:
-            guard &= Q(last_tick_at__isnull=True)
-        else:
-            guard &= Q(last_tick_at=state.last_tick_at)
+        guard &= _as_read("last_tick_at", state.last_tick_at)
         changes["last_tick_at"] = _stored(tick)
     return Schedule.objects.using(db).filter(guard).update(**changes) == 1
+
+
+def _as_read(column: str, value: datetime | None) -> Q:
+    """Match rows whose ``column`` still holds ``value`` (``=`` skips NULL)."""
+    if value is None:
+        return Q(**{f"{column}__isnull": True})
+    return Q(**{column: value})
 
 
 def _after_last(tick: datetime, last: datetime | None) -> bool:

@@ -291,9 +291,12 @@ def test_job_page_shows_the_time_limit_and_the_cancel_request():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_stopping_worker_kills_a_job_process_before_handing_its_job_back():
+def test_stopping_worker_kills_a_job_process_before_handing_its_job_back(
+    tmp_path,
+):
     job = ticker.enqueue("handed back")
-    worker = start_worker("--grace-seconds", "1", settings=FAST)
+    log = tmp_path / "worker.log"
+    worker = start_worker("--grace-seconds", "1", settings=FAST, log=log)
     try:
         wait_for(lambda: started("tick", "handed back"))
 
@@ -302,7 +305,10 @@ def test_stopping_worker_kills_a_job_process_before_handing_its_job_back():
         stop(worker)
         cancel_jobs([job.pk])
 
-    (attempt,) = Attempt.objects.filter(job_id=job.pk)
+    attempts = list(Attempt.objects.filter(job_id=job.pk))
+    # The worker's log says why, should the hand-back not be recorded.
+    assert len(attempts) == 1, log.read_text()
+    (attempt,) = attempts
     assert attempt.outcome == "interrupted"
     last_tick = Run.objects.filter(kind="tick").latest("created_at").created_at
     assert last_tick < attempt.finished_at

@@ -46,7 +46,7 @@ MAX_PERIOD_SECONDS = 7 * 24 * 3600.0
 # The rate_key and concurrency_key columns of klerk_job.
 MAX_KEY_LENGTH = 200
 # The key column of klerk_limit and klerk_limit_start.
-MAX_LIMIT_KEY_LENGTH = 300
+MAX_LIMIT_KEY_LENGTH = 255
 # A name or key that stands in a lock key as it is.
 PLAIN_PART = re.compile(r"^[a-z0-9_.-]+\Z")
 # Limited jobs looked at per free slot: some may be over their limits.
@@ -343,7 +343,7 @@ class Plan:
 
 
 def limit_key(kind: str, name: str, own: str | None = None) -> str:
-    """Return the ``klerk_limit`` key of a limit, at most 300 characters.
+    """Return the ``klerk_limit`` key of a limit, at most 255 characters.
 
     Names and keys of lowercase letters, digits and ``_ . -`` are kept as
     they are. Any other is followed by a digest of the exact values: a

@@ -287,7 +287,7 @@ class Limit(models.Model):
     single step across all workers.
     """
 
-    key = models.CharField(max_length=300, primary_key=True)
+    key = models.CharField(max_length=255, primary_key=True)
 
     class Meta:
         db_table = "klerk_limit"
@@ -299,7 +299,7 @@ class Limit(models.Model):
 class LimitStart(models.Model):
     """One start of a job under a rate limit, kept for one period."""
 
-    key = models.CharField(max_length=300)
+    key = models.CharField(max_length=255)
     started_at = models.DateTimeField()
     job_id = models.BigIntegerField()
 

@@ -14,7 +14,7 @@ class Migration(migrations.Migration):
             fields=[
                 (
                     "key",
-                    models.CharField(max_length=300, primary_key=True, serialize=False),
+                    models.CharField(max_length=255, primary_key=True, serialize=False),
                 ),
             ],
             options={
@@ -69,7 +69,7 @@ class Migration(migrations.Migration):
                         verbose_name="ID",
                     ),
                 ),
-                ("key", models.CharField(max_length=300)),
+                ("key", models.CharField(max_length=255)),
                 ("started_at", models.DateTimeField()),
                 ("job_id", models.BigIntegerField()),
             ],
